@@ -1,0 +1,1 @@
+"""hanseq engine: Korean seq2seq with attention; pure PyTorch, no gRPC."""

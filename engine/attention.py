@@ -1,0 +1,82 @@
+"""Attention: a new context vector for every decoder step, and weights a person can read.
+
+All variants share one contract: ``project_keys`` runs once per batch (keys do not change
+during decoding), ``forward`` runs once per step. Padding gets a score of -inf, so its
+weight is exactly 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from engine.config import ConfigurationError
+
+
+class Attention(nn.Module):
+    def project_keys(self, states: Tensor) -> Tensor:
+        """batch x src_len x key_size -> batch x src_len x (what ``score`` compares with)."""
+        return states
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        """query: batch x query_size -> scores: batch x src_len."""
+        raise NotImplementedError
+
+    def forward(
+        self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """-> context (batch x value_size), weights (batch x src_len, rows sum to 1)."""
+        scores = self.score(query, keys).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+        return context, weights
+
+
+class DotAttention(Attention):
+    """Luong dot: score = keys . query (needs equal sizes)."""
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
+
+
+class GeneralAttention(DotAttention):
+    """Luong general: score = (W keys) . query."""
+
+    def __init__(self, query_size: int, key_size: int):
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+
+    def project_keys(self, states: Tensor) -> Tensor:
+        return self.key_layer(states)
+
+
+class BahdanauAttention(Attention):
+    """Bahdanau additive: score = v . tanh(W_k keys + W_q query)."""
+
+    def __init__(self, query_size: int, key_size: int):
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+        self.query_layer = nn.Linear(query_size, query_size, bias=False)
+        self.energy = nn.Linear(query_size, 1, bias=False)
+
+    def project_keys(self, states: Tensor) -> Tensor:
+        return self.key_layer(states)
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        hidden = torch.tanh(keys + self.query_layer(query).unsqueeze(1))
+        return self.energy(hidden).squeeze(2)
+
+
+def build_attention(kind: str, query_size: int, key_size: int) -> Attention:
+    if kind == "dot":
+        if query_size != key_size:
+            raise ConfigurationError(
+                f"model.attention: dot needs equal sizes (decoder {query_size}, "
+                f"encoder {key_size}); use general or bahdanau"
+            )
+        return DotAttention()
+    if kind == "general":
+        return GeneralAttention(query_size, key_size)
+    if kind == "bahdanau":
+        return BahdanauAttention(query_size, key_size)
+    raise ConfigurationError(f"model.attention: {kind!r}; valid: dot, general, bahdanau")

@@ -1,0 +1,237 @@
+"""``hanseq train | generate | eval | serve``.
+
+    hanseq train --config configs/multitask-small.yaml
+    hanseq generate --model runs/small/bundle --task translate --beam 5 < in.txt > out.txt
+    hanseq eval --model runs/small/bundle --task translate --data valid.tsv
+
+Errors a user can fix (bad config, missing file, damaged bundle, unknown task) print one line
+and exit with status 2; nothing prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from engine.config import ConfigurationError
+
+EXIT_USAGE = 2
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default 1)")
+    g.add_argument("--n-best", type=int, default=1, help="hypotheses per input (generate --json)")
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="max output tokens (default: the bundle's max_target_length)",
+    )
+    g.add_argument("--min-length", type=int, default=0, help="min output tokens (default 0)")
+    g.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.0,
+        help="GNMT length penalty alpha; 0 = raw log-probability (default 0)",
+    )
+    g.add_argument(
+        "--no-repeat-ngram",
+        type=int,
+        default=0,
+        help="never repeat an n-gram of this size (default 0: off)",
+    )
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k best (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible output)")
+    g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hanseq", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a bundle from a YAML config")
+    p.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    p.add_argument("--strict", action="store_true", help="a malformed data line is an error")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start afresh even if output_dir has a checkpoint"
+    )
+    p.add_argument("--max-steps", type=int, help="override training.max_steps")
+    p.add_argument("--output-dir", help="override training.output_dir")
+
+    p = sub.add_parser("generate", help="one output line per input line (stdin -> stdout)")
+    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("--task", required=True, help="task head, e.g. translate, respond, summarize")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per line (text, score, n-best, tokens)"
+    )
+    p.add_argument("--attention", action="store_true", help="with --json: include attention")
+    _search_flags(p)
+
+    p = sub.add_parser("eval", help="score a bundle on a TSV file; prints one JSON object")
+    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("--task", required=True, help="task head to evaluate")
+    p.add_argument("--data", required=True, help="TSV: source<TAB>target[<TAB>origin]")
+    p.add_argument("--max-examples", type=int, default=0, help="only the first N (0: all)")
+    p.add_argument("--by-origin", action="store_true", help="also score each origin apart")
+    _search_flags(p)
+
+    sub.add_parser("serve", help="serve bundles over gRPC (the service; see README)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from engine.bundle import BundleError
+    from engine.data import DataError
+    from engine.pipeline import UnknownTask
+    from engine.search import InvalidOptions
+
+    try:
+        return COMMANDS[args.command](args)
+    except (
+        ConfigurationError,
+        BundleError,
+        DataError,
+        UnknownTask,
+        InvalidOptions,
+        FileNotFoundError,
+    ) as e:
+        print(f"hanseq {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.training import train
+
+    cfg = load_config(args.config)
+    cfg.data.strict = cfg.data.strict or args.strict
+    if args.max_steps:
+        cfg.training.max_steps = args.max_steps
+    if args.output_dir:
+        cfg.training.output_dir = str(Path(args.output_dir).resolve())
+    train(cfg, resume=not args.no_resume)
+    return 0
+
+
+def _options(args: argparse.Namespace, max_length: int):
+    from engine.search import SearchOptions
+
+    return SearchOptions(
+        beam_size=args.beam,
+        n_best=args.n_best,
+        max_length=args.max_length or max_length,
+        min_length=args.min_length,
+        length_penalty=args.length_penalty,
+        no_repeat_ngram=args.no_repeat_ngram,
+        sampling=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        return_attention=getattr(args, "attention", False),
+    )
+
+
+def _pipeline(args: argparse.Namespace):
+    from engine.bundle import load_bundle
+    from engine.distributed import resolve_device
+    from engine.pipeline import Pipeline
+
+    bundle = load_bundle(args.model, resolve_device(args.device))
+    pipeline = Pipeline.from_bundle(bundle, args.batch_size)
+    pipeline.check_task(args.task)
+    return bundle, pipeline, _options(args, bundle.manifest.get("max_target_length", 100))
+
+
+def _run(pipeline, task: str, texts: list[str], opts, desc: str):
+    with tqdm(
+        total=len(texts),
+        desc=desc,
+        unit="sent",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty() and len(texts) < 1000,
+    ) as bar:
+        return pipeline.generate(task, texts, opts, progress=bar.update)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    _, pipeline, opts = _pipeline(args)
+    texts = [line.rstrip("\r\n") for line in sys.stdin]
+    for out in _run(pipeline, args.task, texts, opts, "generate"):
+        if args.json:
+            record = {
+                "text": out.text,
+                "score": out.score,
+                "tokens": out.tokens,
+                "source_tokens": out.source_tokens,
+                "alternatives": [{"text": t, "score": s} for t, s in out.alternatives],
+            }
+            if args.attention:
+                record["attention"] = out.attention
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(out.text)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.data import read_tsv
+    from engine.metrics import task_scores
+
+    bundle, pipeline, opts = _pipeline(args)
+    examples, report = read_tsv(Path(args.data))
+    examples = examples[: args.max_examples or None]
+    started = time.perf_counter()
+    outputs = _run(pipeline, args.task, [ex.source for ex in examples], opts, "eval")
+    seconds = time.perf_counter() - started
+    hyps = [o.text for o in outputs]
+    result = {
+        "task": args.task,
+        "bundle": bundle.id,
+        "version": bundle.version,
+        "data": args.data,
+        "examples": len(examples),
+        "skipped_lines": report.skipped,
+        "beam": args.beam,
+        **task_scores(args.task, hyps, [e.target for e in examples]),
+        "sentences_per_second": len(examples) / seconds if seconds else 0.0,
+    }
+    if args.by_origin:
+        result["by_origin"] = {
+            origin: task_scores(
+                args.task,
+                [h for h, e in zip(hyps, examples, strict=True) if e.origin == origin],
+                [e.target for e in examples if e.origin == origin],
+            )
+            for origin in sorted({e.origin for e in examples})
+        }
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    print(
+        "hanseq serve: the gRPC service is not built yet (issue #3: proto/ and service/); "
+        "until then use `hanseq generate` and `hanseq eval` on a bundle.",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "serve": cmd_serve}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Attention decoders: a conditional language model over the target, one step at a time.
+
+A step reads the previous target token, updates the RNN, attends over the source (a fresh
+context every step) and emits a Luong "attentional vector" that the generator turns into
+logits. With input feeding, that vector is also an input to the next step, so the decoder
+knows what it attended to before; "peeky" also feeds the encoder's summary at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from engine.attention import build_attention
+from engine.config import ModelConfig
+from engine.encoders import EncoderOutput
+from engine.vocabulary import PAD_ID
+
+Hidden = Tensor | tuple[Tensor, Tensor]  # layers x batch x hidden (GRU) or (h, c) (LSTM)
+
+
+@dataclass
+class Memory:
+    """The encoder's output as one decoder reads it; fixed for the whole search."""
+
+    values: Tensor  # batch x src_len x enc_size
+    keys: Tensor  # batch x src_len x (attention's key size)
+    mask: Tensor  # batch x src_len
+    summary: Tensor  # batch x enc_size: mean of the source states
+
+    def index_select(self, index: Tensor) -> Memory:
+        return Memory(
+            *(t.index_select(0, index) for t in (self.values, self.keys, self.mask, self.summary))
+        )
+
+
+@dataclass
+class DecoderState:
+    hidden: Hidden
+    feed: Tensor  # batch x output_size: the last attentional vector (input feeding)
+
+    def index_select(self, index: Tensor) -> DecoderState:
+        h = self.hidden
+        h = (
+            tuple(x.index_select(1, index) for x in h)
+            if isinstance(h, tuple)
+            else h.index_select(1, index)
+        )
+        return DecoderState(h, self.feed.index_select(0, index))  # type: ignore[arg-type]
+
+
+class RecurrentDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, enc_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.output_size = cfg.embedding_dim  # attentional vector; equals embeddings for tying
+        self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
+        peek = enc_size if cfg.peeky else 0
+        feed = self.output_size if cfg.input_feeding else 0
+        rnn = nn.LSTM if cfg.rnn == "lstm" else nn.GRU
+        self.rnn = rnn(
+            cfg.embedding_dim + feed + peek,
+            cfg.hidden_size,
+            num_layers=cfg.decoder_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.decoder_layers > 1 else 0.0,
+        )
+        self.attention = build_attention(cfg.attention, cfg.hidden_size, enc_size)
+        self.bridge = nn.Linear(enc_size, cfg.hidden_size)
+        self.bridge_cell = nn.Linear(enc_size, cfg.hidden_size) if cfg.rnn == "lstm" else None
+        self.combine = nn.Linear(cfg.hidden_size + enc_size + peek, self.output_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
+        """Keys projected once; initial state from the encoder's final state (the bridge)."""
+        mask = enc.mask.unsqueeze(-1).to(enc.states.dtype)
+        summary = (enc.states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        memory = Memory(enc.states, self.attention.project_keys(enc.states), enc.mask, summary)
+        hidden: Hidden = self._layers(torch.tanh(self.bridge(enc.final)))
+        if self.bridge_cell is not None and enc.final_cell is not None:
+            hidden = (hidden, self._layers(torch.tanh(self.bridge_cell(enc.final_cell))))
+        feed = enc.states.new_zeros(enc.states.size(0), self.output_size)
+        return memory, DecoderState(hidden, feed)
+
+    def _layers(self, h: Tensor) -> Tensor:
+        """batch x hidden -> layers x batch x hidden (every layer starts from the bridge)."""
+        return h.unsqueeze(0).repeat(self.cfg.decoder_layers, 1, 1).contiguous()
+
+    def step(
+        self, prev: Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """prev: batch ids -> attentional vector (batch x output_size), new state,
+        attention weights (batch x src_len)."""
+        inputs = [self.dropout(self.embed(prev))]
+        if self.cfg.input_feeding:
+            inputs.append(state.feed)
+        if self.cfg.peeky:
+            inputs.append(memory.summary)
+        out, hidden = self.rnn(torch.cat(inputs, -1).unsqueeze(1), state.hidden)
+        out = out.squeeze(1)  # batch x hidden
+        context, weights = self.attention(out, memory.keys, memory.values, memory.mask)
+        parts = [out, context] + ([memory.summary] if self.cfg.peeky else [])
+        vector = self.dropout(torch.tanh(self.combine(torch.cat(parts, -1))))
+        return vector, DecoderState(hidden, vector), weights
+
+
+def build_decoder(cfg: ModelConfig, vocab_size: int, enc_size: int) -> RecurrentDecoder:
+    return RecurrentDecoder(cfg, vocab_size, enc_size)

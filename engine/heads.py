@@ -1,0 +1,80 @@
+"""The model: one shared Korean encoder, one decoder + generator head per task."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from engine.config import ConfigurationError, ModelConfig
+from engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
+from engine.encoders import Encoder, EncoderOutput, build_encoder
+
+
+class TaskHead(nn.Module):
+    """Decoder + generator over this task's target vocabulary."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, enc_size: int):
+        super().__init__()
+        self.decoder: RecurrentDecoder = build_decoder(cfg, vocab_size, enc_size)
+        self.generator = nn.Linear(self.decoder.output_size, vocab_size)
+        if cfg.tie_embeddings:  # sizes match by construction: output_size == embedding_dim
+            self.generator.weight = self.decoder.embed.weight
+
+    def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
+        return self.decoder.prepare(enc)
+
+    def step(
+        self, prev: Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """-> logits (batch x vocab), new state, attention (batch x src_len)."""
+        vector, state, weights = self.decoder.step(prev, state, memory)
+        return self.generator(vector), state, weights
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, encoder: Encoder, heads: dict[str, TaskHead]):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.heads.keys())
+
+    def head(self, task: str) -> TaskHead:
+        if task not in self.heads:
+            raise KeyError(f"unknown task {task!r}; this model has: {', '.join(self.tasks)}")
+        return self.heads[task]  # type: ignore[return-value]
+
+    def encode(self, src: Tensor, src_len: Tensor) -> EncoderOutput:
+        return self.encoder(src, src_len)
+
+    def forward(
+        self, task: str, src: Tensor, src_len: Tensor, tgt_in: Tensor, gold_ratio: float = 1.0
+    ) -> Tensor:
+        """Training pass -> logits (batch x tgt_len x vocab).
+
+        ``tgt_in`` is BOS + target. Each step reads the gold previous token with probability
+        ``gold_ratio``, else the model's own previous prediction (scheduled sampling, decided
+        per token as in Bengio et al., 2015); 1.0 is plain teacher forcing.
+        """
+        head = self.head(task)
+        memory, state = head.prepare(self.encode(src, src_len))
+        logits: list[Tensor] = []
+        for t in range(tgt_in.size(1)):
+            prev = tgt_in[:, t]
+            if t > 0 and gold_ratio < 1.0:
+                own = logits[-1].detach().argmax(-1)
+                gold = torch.rand(prev.shape, device=prev.device) < gold_ratio
+                prev = torch.where(gold, prev, own)
+            step_logits, state, _ = head.step(prev, state, memory)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)
+
+
+def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocabs: dict[str, int]) -> Seq2Seq:
+    if not tgt_vocabs:
+        raise ConfigurationError("tasks: a model needs at least one task head")
+    encoder = build_encoder(cfg, src_vocab)
+    heads = {t: TaskHead(cfg, v, encoder.output_size) for t, v in tgt_vocabs.items()}
+    return Seq2Seq(encoder, heads)

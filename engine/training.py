@@ -1,0 +1,376 @@
+"""``hanseq train``: multi-task training of the shared encoder and its heads -> a bundle.
+
+Each step draws a task by weight (the same task on every rank), takes a batch of it and trains
+with scheduled sampling and label smoothing. Every ``valid_every`` steps rank 0 decodes part of
+each valid split, logs one JSON line, keeps the best checkpoints and decides on early stopping.
+At the end the best checkpoints are averaged into the bundle's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from engine import distributed as dist_utils
+from engine.bundle import Side, save_bundle
+from engine.config import Config
+from engine.data import BatchStream, DataError, Encoded, Example, encode, fingerprint, read_tsv
+from engine.heads import Seq2Seq, build_model
+from engine.metrics import task_scores
+from engine.pipeline import Pipeline
+from engine.schedules import learning_rate_factor, teacher_forcing_ratio
+from engine.search import SearchOptions
+from engine.tokenizers import build_tokenizer
+from engine.vocabulary import PAD_ID, Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskData:
+    train: Encoded
+    valid: list[Example]
+    files: list[Path]
+
+
+@dataclass
+class History:
+    """Validation results so far: decides best checkpoints and early stopping."""
+
+    records: list[dict] = field(default_factory=list)
+
+    def best(self) -> float:
+        return max((r["score"] for r in self.records), default=-math.inf)
+
+    def since_best(self) -> int:
+        best = self.best()
+        last = max(i for i, r in enumerate(self.records) if r["score"] == best)
+        return len(self.records) - 1 - last
+
+
+def train(cfg: Config, resume: bool = True) -> Path:
+    ctx = dist_utils.setup(cfg.training.device)
+    try:
+        return Trainer(cfg, ctx).run(resume)
+    finally:
+        dist_utils.teardown(ctx)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ctx: dist_utils.Context):
+        self.cfg, self.ctx, self.t = cfg, ctx, cfg.training
+        self.out = Path(self.t.output_dir)
+        if not self.out.is_absolute():
+            self.out = Path(cfg.base_dir) / self.out
+        self.ckpt_dir = self.out / "checkpoints"
+        torch.manual_seed(self.t.seed + ctx.rank)
+        self.source, self.targets, self.tasks = self._prepare_data()
+        sizes = {task: len(side.vocab) for task, side in self.targets.items()}
+        self.model: Seq2Seq = build_model(cfg.model, len(self.source.vocab), sizes).to(ctx.device)
+        self.net: torch.nn.Module = self.model
+        if ctx.distributed:  # other heads are idle in a step: find_unused_parameters
+            self.net = DistributedDataParallel(self.model, find_unused_parameters=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: learning_rate_factor(self.t, s)
+        )
+        self.amp = dist_utils.autocast_dtype(self.t.mixed_precision, ctx.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        self.streams = {
+            task: BatchStream(
+                d.train, self.t.batch_size, cfg.tasks[task].origin_weights, self.t.seed, ctx.rank
+            )
+            for task, d in self.tasks.items()
+        }
+        self.step, self.history = 0, History()
+
+    # ---- data -----------------------------------------------------------------------------
+    def _prepare_data(self) -> tuple[Side, dict[str, Side], dict[str, TaskData]]:
+        root, strict = self.cfg.corpora_root(), self.cfg.data.strict
+        raw: dict[str, tuple[list[Example], list[Example], list[Path]]] = {}
+        for task, tcfg in self.cfg.tasks.items():
+            train_path = self._path(root, tcfg.train)
+            train_ex, report = read_tsv(train_path, strict)
+            if report.skipped and self.ctx.is_main:
+                tqdm.write(f"warning: {report.summary()}")
+            valid_ex = read_tsv(self._path(root, tcfg.valid), strict)[0] if tcfg.valid else []
+            raw[task] = (train_ex, valid_ex, [train_path])
+        source, targets = self._tokenizers(raw)
+        data = {}
+        for task, (train_ex, valid_ex, files) in raw.items():
+            enc = encode(
+                train_ex,
+                source,
+                targets[task],
+                self.cfg.data.max_source_length,
+                self.cfg.data.max_target_length,
+            )
+            if enc.truncated and self.ctx.is_main:
+                tqdm.write(
+                    f"warning: {task}: {enc.truncated} training pair(s) longer than "
+                    "data.max_source_length / max_target_length were truncated"
+                )
+            data[task] = TaskData(enc, valid_ex, files)
+        return source, targets, data
+
+    @staticmethod
+    def _path(root: Path, name: str) -> Path:
+        path = Path(name)
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise DataError(
+                f"data file not found: {path} (corpora root: {root}; set "
+                "data.root in the config or HANSEQ_CORPORA)"
+            )
+        return path
+
+    def _tokenizers(self, raw: dict) -> tuple[Side, dict[str, Side]]:
+        """Fit on the training split once (rank 0); later runs and other ranks load them."""
+        vocab_dir = self.out / "vocab"
+        done = vocab_dir / "done"
+        if self.ctx.is_main and not done.exists():
+            vocab_dir.mkdir(parents=True, exist_ok=True)
+            sources = [ex.source for train, _, _ in raw.values() for ex in train]
+            src_tok = build_tokenizer(self.cfg.source)
+            Side(src_tok, src_tok.fit(sources)).save(vocab_dir, "source")
+            for task, (train, _, _) in raw.items():
+                tok = build_tokenizer(self.cfg.tasks[task].target)
+                Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
+            done.touch()
+        dist_utils.barrier(self.ctx)
+        source = self._load_side(vocab_dir, "source", self.cfg.source)
+        targets = {
+            t: self._load_side(vocab_dir, f"target.{t}", self.cfg.tasks[t].target) for t in raw
+        }
+        return source, targets
+
+    @staticmethod
+    def _load_side(directory: Path, stem: str, tok_cfg) -> Side:
+        tok = build_tokenizer(tok_cfg)
+        tok.load(directory, stem)
+        return Side(tok, Vocabulary.load(directory / f"{stem}.vocab"))
+
+    # ---- loop -----------------------------------------------------------------------------
+    def run(self, resume: bool) -> Path:
+        if resume:
+            self._resume()
+        started = time.monotonic()
+        bar = tqdm(
+            total=self.t.max_steps,
+            initial=self.step,
+            disable=not self._show_progress(),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        tokens, window = 0, time.monotonic()
+        stop = False
+        while self.step < self.t.max_steps and not stop:
+            loss, n_tokens = self._train_step()
+            self.step += 1
+            tokens += n_tokens
+            bar.update(1)
+            if self.step % 10 == 0:
+                rate = tokens / max(time.monotonic() - window, 1e-9)
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    tok_s=f"{rate:,.0f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                )
+                tokens, window = 0, time.monotonic()
+            out_of_time = (
+                self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
+            )
+            if self.step % self.t.valid_every == 0 or self.step == self.t.max_steps or out_of_time:
+                stop = self._validate_and_checkpoint(loss) or out_of_time
+                stop = dist_utils.broadcast_flag(self.ctx, stop)
+        bar.close()
+        dist_utils.barrier(self.ctx)
+        return self._finish() if self.ctx.is_main else self.out / "bundle"
+
+    def _show_progress(self) -> bool:
+        return self.t.progress and self.ctx.is_main
+
+    def _pick_task(self) -> str:
+        names = list(self.tasks)
+        weights = np.array([self.cfg.tasks[n].weight for n in names])
+        rng = np.random.default_rng([self.t.seed, self.step])  # same on every rank
+        return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+    def _train_step(self) -> tuple[float, int]:
+        self.model.train()
+        task = self._pick_task()
+        batch = next(self.streams[task]).to(self.ctx.device)
+        ratio = teacher_forcing_ratio(self.t.teacher_forcing, self.step)
+        with dist_utils.autocast(self.amp, self.ctx.device):
+            logits = self.net(task, batch.src, batch.src_len, batch.tgt_in, ratio)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            batch.tgt_out.reshape(-1),
+            ignore_index=PAD_ID,
+            label_smoothing=self.t.label_smoothing,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item(), batch.target_tokens
+
+    # ---- validation and checkpoints ------------------------------------------------------
+    def validate(self) -> dict[str, dict[str, float]]:
+        """Greedy-decode each task's valid subset and score it."""
+        self.model.eval()
+        pipeline = Pipeline(
+            self.model,
+            self.source,
+            self.targets,
+            self.cfg.data.max_source_length,
+            warn_truncated=False,
+        )
+        opts = SearchOptions(max_length=self.cfg.data.max_target_length)
+        scores = {}
+        for task, data in self.tasks.items():
+            examples = data.valid[: self.t.valid_max_examples or None]
+            if not examples:
+                continue
+            outputs = pipeline.generate(task, [ex.source for ex in examples], opts)
+            scores[task] = task_scores(
+                task, [o.text for o in outputs], [ex.target for ex in examples]
+            )
+        return scores
+
+    def _combined(self, scores: dict[str, dict[str, float]]) -> float:
+        values = [s[self.cfg.task_metric(t)] for t, s in scores.items()]
+        return sum(values) / len(values) if values else -float(self.step)
+
+    def _validate_and_checkpoint(self, train_loss: float) -> bool:
+        """Rank 0 only. Returns True when early stopping says stop."""
+        if not self.ctx.is_main:
+            return False
+        scores = self.validate()
+        record = {
+            "event": "validation",
+            "step": self.step,
+            "score": self._combined(scores),
+            "scores": scores,
+            "train_loss": train_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "gold_ratio": teacher_forcing_ratio(self.t.teacher_forcing, self.step),
+        }
+        self.history.records.append(record)
+        self._log(record)
+        tqdm.write(
+            f"step {self.step}: "
+            + ", ".join(
+                f"{t} {self.cfg.task_metric(t)} {s[self.cfg.task_metric(t)]:.2f}"
+                for t, s in scores.items()
+            )
+        )
+        self._save_checkpoint(record["score"])
+        patience = self.t.patience
+        return bool(patience) and self.history.since_best() >= patience
+
+    def _log(self, record: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "streams": {t: s.state() for t, s in self.streams.items()},
+            "history": self.history.records,
+            "rng": torch.get_rng_state(),
+        }
+
+    def _save_checkpoint(self, score: float) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = self._state()
+        torch.save(state, self.ckpt_dir / "last.pt.tmp")
+        (self.ckpt_dir / "last.pt.tmp").replace(self.ckpt_dir / "last.pt")
+        ranked = sorted(self.history.records, key=lambda r: -r["score"])
+        keep = {r["step"] for r in ranked[: self.t.keep_checkpoints]}
+        if self.step in keep:
+            torch.save(
+                {"model": state["model"], "score": score}, self.ckpt_dir / f"step-{self.step}.pt"
+            )
+        for path in self.ckpt_dir.glob("step-*.pt"):
+            if int(path.stem.split("-")[1]) not in keep:
+                path.unlink()
+
+    def _resume(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.ctx.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        for task, s in state["streams"].items():
+            self.streams[task].restore(s)
+        self.history.records = state["history"]
+        torch.set_rng_state(state["rng"].cpu())
+        if self.ctx.is_main:
+            tqdm.write(f"resumed from {path} at step {self.step}")
+
+    # ---- the bundle -------------------------------------------------------------------------
+    def _finish(self) -> Path:
+        ranked = sorted(self.history.records, key=lambda r: -r["score"])
+        best = [r["step"] for r in ranked[: self.t.average_checkpoints]]
+        paths = [self.ckpt_dir / f"step-{s}.pt" for s in best]
+        self.model.load_state_dict(average_checkpoints([p for p in paths if p.is_file()]))
+        scores = self.validate()
+        self._log({"event": "final", "averaged_steps": best, "scores": scores})
+        files = [f for d in self.tasks.values() for f in d.files]
+        info = {
+            "id": self.cfg.name,
+            "version": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "max_source_length": self.cfg.data.max_source_length,
+            "max_target_length": self.cfg.data.max_target_length,
+            "training": {
+                "steps": self.step,
+                "averaged_steps": best,
+                "data_fingerprint": fingerprint(files),
+                "data_files": [f.name for f in files],
+            },
+            "tasks": {
+                t: {"metric": self.cfg.task_metric(t), "valid_scores": s} for t, s in scores.items()
+            },
+        }
+        bundle = save_bundle(
+            self.out / "bundle", self.model, self.cfg.model, self.source, self.targets, info
+        )
+        tqdm.write(f"bundle written to {bundle}")
+        return bundle
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the models in ``paths`` (Vaswani et al., 2017; Junczys-Dowmunt)."""
+    if not paths:
+        raise FileNotFoundError("no checkpoint to average; did training validate at all?")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        model = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        for name, tensor in model.items():
+            total[name] = total.get(name, 0) + tensor.float()
+    return {name: t / len(paths) for name, t in total.items()}
