@@ -78,8 +78,10 @@ class Trainer:
         sizes = {task: len(side.vocab) for task, side in self.targets.items()}
         self.model: Seq2Seq = build_model(cfg.model, len(self.source.vocab), sizes).to(ctx.device)
         self.net: torch.nn.Module = self.model
-        if ctx.distributed:  # other heads are idle in a step: find_unused_parameters
-            self.net = DistributedDataParallel(self.model, find_unused_parameters=True)
+        if ctx.distributed:  # with several heads, the others are idle in a step
+            self.net = DistributedDataParallel(
+                self.model, find_unused_parameters=len(cfg.tasks) > 1
+            )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate_factor(self.t, s)

@@ -1,0 +1,88 @@
+"""Shared fixtures: a toy corpus written here, and one tiny real model trained on it.
+
+The toy task reverses a sequence of Korean words (single Mecab morphemes): small enough to
+learn in well under a minute on a CPU, hard enough that attention must work to learn it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from engine.bundle import Bundle, load_bundle
+from engine.config import Config, from_dict
+from engine.training import train
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = [
+    "사과", "바다", "하늘", "학교", "친구", "음악", "시간", "나무",
+    "도시", "우유", "모자", "의자", "창문", "노래", "기차", "연필",
+]  # fmt: skip
+
+
+def corpora_root() -> Path:
+    return Path(os.environ.get("HANSEQ_CORPORA") or REPO.parent / "shared" / "corpora")
+
+
+def reversal_pairs(count: int, seed: int, min_words: int = 3, max_words: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        words = rng.choices(WORDS, k=rng.randint(min_words, max_words))
+        lines.append(f"{' '.join(words)}\t{' '.join(reversed(words))}\ttoy")
+    return lines
+
+
+def write_toy_corpus(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train.tsv").write_text("\n".join(reversal_pairs(4000, 1)) + "\n")
+    (directory / "valid.tsv").write_text("\n".join(reversal_pairs(200, 2)) + "\n")
+    return directory
+
+
+def toy_config(root: Path, output_dir: Path, **training) -> Config:
+    raw = {
+        "name": "toy",
+        "data": {"root": str(root), "max_source_length": 20, "max_target_length": 20},
+        "source": {"kind": "mecab"},
+        "tasks": {
+            "reverse": {"train": "train.tsv", "valid": "valid.tsv", "target": {"kind": "mecab"}}
+        },
+        "model": {"rnn": "gru", "embedding_dim": 48, "hidden_size": 96, "dropout": 0.0},
+        "training": {
+            "output_dir": str(output_dir),
+            "batch_size": 64,
+            "max_steps": 900,
+            "max_minutes": 1.0,
+            "learning_rate": 0.003,
+            "warmup_steps": 50,
+            "lr_decay": "constant",
+            "label_smoothing": 0.0,
+            "valid_every": 300,
+            "valid_max_examples": 200,
+            "patience": 0,
+            "keep_checkpoints": 1,
+            "progress": False,
+            **training,
+        },
+    }
+    return from_dict(Config, raw, "")
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    return write_toy_corpus(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="session")
+def toy_bundle_path(toy_corpus, tmp_path_factory) -> Path:
+    """A real model trained for at most a minute on the reversal task."""
+    return train(toy_config(toy_corpus, tmp_path_factory.mktemp("run")), resume=False)
+
+
+@pytest.fixture(scope="session")
+def toy_bundle(toy_bundle_path) -> Bundle:
+    return load_bundle(toy_bundle_path)

@@ -1,0 +1,153 @@
+"""The `hanseq` command, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.pipeline import Pipeline
+from tests.conftest import REPO, reversal_pairs
+
+BIN = Path(sys.executable).parent
+
+
+def hanseq(*args, stdin="", env=None):
+    return subprocess.run(
+        [str(BIN / "hanseq"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_generate_keeps_one_line_per_input_in_order(toy_bundle_path, toy_bundle):
+    lines = [p.split("\t")[0] for p in reversal_pairs(30, seed=21)]
+    lines[4] = ""
+    lines[9] = "   "
+    run = hanseq(
+        "generate",
+        "--model",
+        str(toy_bundle_path),
+        "--task",
+        "reverse",
+        "--batch-size",
+        "7",
+        stdin="\n".join(lines) + "\n",
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.split("\n")[:-1]
+    assert len(out) == len(lines)
+    assert out[4] == "" and out[9] == ""
+    alone = Pipeline.from_bundle(toy_bundle)
+    assert out == [alone.generate("reverse", [line])[0].text for line in lines]
+
+
+def test_generate_json_has_n_best_and_attention(toy_bundle_path):
+    run = hanseq(
+        "generate",
+        "--model",
+        str(toy_bundle_path),
+        "--task",
+        "reverse",
+        "--json",
+        "--attention",
+        "--beam",
+        "3",
+        "--n-best",
+        "2",
+        stdin="사과 바다 하늘\n",
+    )
+    record = json.loads(run.stdout)
+    assert record["text"] == "하늘 바다 사과"
+    assert len(record["alternatives"]) == 1
+    assert len(record["attention"]) == len(record["tokens"]) + 1
+
+
+def test_eval_prints_one_json_object(toy_bundle_path, toy_corpus):
+    run = hanseq(
+        "eval",
+        "--model",
+        str(toy_bundle_path),
+        "--task",
+        "reverse",
+        "--data",
+        str(toy_corpus / "valid.tsv"),
+        "--max-examples",
+        "50",
+        "--by-origin",
+    )
+    result = json.loads(run.stdout)
+    assert result["examples"] == 50 and result["rouge_l"] > 90
+    assert {
+        "rouge_1",
+        "rouge_2",
+        "bleu",
+        "distinct_1",
+        "distinct_2",
+        "sentences_per_second",
+    } <= set(result)
+    assert set(result["by_origin"]) == {"toy"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["generate", "--model", "{b}", "--task", "summarize"],
+            "unknown task 'summarize'; this model serves: reverse",
+        ),
+        (["generate", "--model", "/nonexistent", "--task", "reverse"], "bundle.json: not found"),
+        (
+            ["generate", "--model", "{b}", "--task", "reverse", "--beam", "2", "--n-best", "3"],
+            "n_best must be between 1 and beam_size",
+        ),
+        (["train", "--config", "/nonexistent.yaml"], "config file not found"),
+        (
+            ["eval", "--model", "{b}", "--task", "reverse", "--data", "/nonexistent.tsv"],
+            "data file not found",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(toy_bundle_path, args, message):
+    run = hanseq(*[a.replace("{b}", str(toy_bundle_path)) for a in args], stdin="사과\n")
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_train_reports_malformed_lines_and_strict_refuses_them(toy_corpus, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = (toy_corpus / "train.tsv").read_text().splitlines()[:300]
+    (data / "train.tsv").write_text(
+        "\n".join(good[:100] + ["no tab here", "\t빈 원문"] + good[100:]) + "\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+name: cli-toy
+data: {{root: {data}}}
+tasks: {{reverse: {{train: train.tsv, valid: train.tsv}}}}
+model: {{embedding_dim: 16, hidden_size: 16}}
+training: {{output_dir: {tmp_path / "run"}, max_steps: 4, valid_every: 2, valid_max_examples: 5}}
+""")
+    run = hanseq("train", "--config", str(config))
+    assert run.returncode == 0, run.stderr
+    assert "skipped 2 malformed line(s) of 302" in run.stderr
+    assert "train.tsv:101: expected 2 or 3 tab-separated columns" in run.stderr
+    assert (tmp_path / "run" / "bundle" / "bundle.json").is_file()
+    strict = hanseq("train", "--config", str(config), "--strict", "--no-resume")
+    assert strict.returncode == 2 and "train.tsv:101" in strict.stderr
+
+
+def test_help_lists_the_commands():
+    run = hanseq("--help")
+    assert run.returncode == 0
+    for command in ["train", "generate", "eval", "serve"]:
+        assert command in run.stdout

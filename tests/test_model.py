@@ -1,0 +1,86 @@
+"""Encoder, attention, decoder and heads: shapes, masking, padding invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.attention import build_attention
+from engine.config import ConfigurationError, ModelConfig
+from engine.heads import build_model
+from engine.vocabulary import BOS_ID, PAD_ID
+
+VARIANTS = [
+    dict(rnn="lstm", attention="general"),
+    dict(rnn="gru", attention="bahdanau"),
+    dict(rnn="lstm", attention="dot", peeky=True),
+    dict(rnn="gru", attention="general", input_feeding=False, encoder_layers=2, decoder_layers=2),
+    dict(rnn="lstm", attention="bahdanau", bidirectional=False, tie_embeddings=False),
+]
+
+
+def tiny(**overrides):
+    cfg = ModelConfig(embedding_dim=16, hidden_size=24, dropout=0.0, **overrides)
+    torch.manual_seed(0)
+    return build_model(cfg, src_vocab=30, tgt_vocabs={"a": 20, "b": 25}).eval()
+
+
+def batch(pad_to: int):
+    rows = [[5, 6, 7, 8, 3], [9, 10, 3]]
+    src = torch.full((2, pad_to), PAD_ID)
+    for i, r in enumerate(rows):
+        src[i, : len(r)] = torch.tensor(r)
+    return src, torch.tensor([len(r) for r in rows])
+
+
+def decode_steps(model, task, src, src_len, steps=4):
+    head = model.head(task)
+    memory, state = head.prepare(model.encode(src, src_len))
+    prev = torch.full((src.size(0),), BOS_ID)
+    logits, weights = [], []
+    for _ in range(steps):
+        out, state, w = head.step(prev, state, memory)
+        logits.append(out)
+        weights.append(w)
+        prev = out.argmax(-1)
+    return torch.stack(logits, 1), torch.stack(weights, 1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_is_exactly_zero_on_padding(variant):
+    model = tiny(**variant)
+    src, src_len = batch(pad_to=9)
+    _, weights = decode_steps(model, "a", src, src_len)
+    assert torch.all(weights[1, :, 3:] == 0.0)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_more_padding_changes_nothing(variant):
+    model = tiny(**variant)
+    short_logits, short_w = decode_steps(model, "b", *batch(pad_to=5))
+    long_logits, long_w = decode_steps(model, "b", *batch(pad_to=12))
+    assert torch.allclose(short_logits, long_logits, atol=1e-5)
+    assert torch.allclose(short_w, long_w[:, :, :5], atol=1e-6)
+
+
+def test_training_forward_shapes_and_heads_share_the_encoder():
+    model = tiny()
+    src, src_len = batch(pad_to=6)
+    tgt = torch.tensor([[BOS_ID, 5, 6], [BOS_ID, 7, PAD_ID]])
+    assert model("a", src, src_len, tgt).shape == (2, 3, 20)
+    assert model("b", src, src_len, tgt, gold_ratio=0.5).shape == (2, 3, 25)
+    assert model.tasks == ["a", "b"]
+    assert model.heads["a"].generator.weight is model.heads["a"].decoder.embed.weight
+
+
+def test_unknown_head_lists_the_known_ones():
+    with pytest.raises(KeyError, match="a, b"):
+        tiny().head("summarize")
+
+
+def test_dot_attention_needs_equal_sizes():
+    with pytest.raises(ConfigurationError, match="general or bahdanau"):
+        build_attention("dot", query_size=8, key_size=16)
+    with pytest.raises(ConfigurationError, match="valid: dot, general, bahdanau"):
+        build_attention("cosine", 8, 8)
