@@ -235,13 +235,14 @@ def _collect_finished(
 def _mark_done(
     found: list[list[Hypothesis]], done: list[bool], alive: Tensor, opts: SearchOptions
 ) -> None:
-    """An input is done with beam_size finished hypotheses, or when no live one can still beat
-    the best finished (log-probs only fall, so a live score divided by the largest length
-    penalty ahead is an upper bound)."""
+    """An input is done once its n_best-th finished hypothesis beats every live one's best
+    possible score: log-probs only fall, so a live score divided by the largest length
+    penalty ahead is an upper bound. (Stopping at beam_size finished hypotheses instead, as
+    some toolkits do, lets early junk endings cut off a confident path still running.)"""
     best_penalty = length_penalty(opts.max_length, max(opts.length_penalty, 0.0))
     for b, hyps in enumerate(found):
-        if done[b] or not hyps:
+        if done[b] or len(hyps) < opts.n_best:
             continue
         bound = float(alive[b, 0]) / best_penalty
-        best = max(h.score for h in hyps)
-        done[b] = len(hyps) >= opts.beam_size or (len(hyps) >= opts.n_best and best >= bound)
+        nth_best = sorted((h.score for h in hyps), reverse=True)[opts.n_best - 1]
+        done[b] = nth_best >= bound

@@ -184,11 +184,7 @@ class Trainer:
             bar.update(1)
             if self.step % 10 == 0:
                 rate = tokens / max(time.monotonic() - window, 1e-9)
-                bar.set_postfix(
-                    loss=f"{loss:.3f}",
-                    tok_s=f"{rate:,.0f}",
-                    lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                )
+                bar.set_postfix(self._postfix(loss, rate, started))
                 tokens, window = 0, time.monotonic()
             out_of_time = (
                 self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
@@ -199,6 +195,17 @@ class Trainer:
         bar.close()
         dist_utils.barrier(self.ctx)
         return self._finish() if self.ctx.is_main else self.out / "bundle"
+
+    def _postfix(self, loss: float, rate: float, started: float) -> dict[str, str]:
+        postfix = {
+            "loss": f"{loss:.3f}",
+            "tok_s": f"{rate:,.0f}",
+            "lr": f"{self.scheduler.get_last_lr()[0]:.2e}",
+        }
+        if self.t.max_minutes > 0:  # the step ETA is wrong when the time budget ends first
+            left = max(60 * self.t.max_minutes - (time.monotonic() - started), 0)
+            postfix["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+        return postfix
 
     def _show_progress(self) -> bool:
         return self.t.progress and self.ctx.is_main

@@ -127,3 +127,11 @@ def test_empty_input_gives_empty_output(pipeline):
 def test_bad_options_name_the_field(pipeline, opts, field):
     with pytest.raises(InvalidOptions, match=field):
         pipeline.generate("reverse", ["사과"], opts)
+
+
+def test_long_input_is_truncated_with_a_count_not_a_crash(toy_bundle, caplog):
+    pipeline = Pipeline.from_bundle(toy_bundle)
+    pipeline.max_source_length = 5
+    out = pipeline.generate("reverse", ["사과 바다 하늘 학교 친구 음악 시간", "사과 바다"])
+    assert out[0].truncated and len(out[0].source_tokens) == 4 and not out[1].truncated
+    assert "1 input(s) longer than 5 tokens were truncated" in caplog.text
