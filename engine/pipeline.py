@@ -6,14 +6,14 @@ The one entry point the CLI, validation during training and the service's worker
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.bundle import Bundle, Side
 from engine.heads import Seq2Seq
-from engine.search import Hypothesis, SearchOptions, search
+from engine.search import Hypothesis, SearchHooks, SearchOptions, search
 from engine.vocabulary import EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,15 @@ class Pipeline:
         texts: list[str],
         opts: SearchOptions | None = None,
         progress: Callable[[int], None] | None = None,
+        cancelled: Callable[[], Sequence[bool]] | None = None,
+        on_partial: Callable[[int, str], None] | None = None,
     ) -> list[Generation]:
-        """One Generation per text, in order. An empty (or all-space) text gives empty text."""
+        """One Generation per text, in order. An empty (or all-space) text gives empty text.
+
+        ``cancelled()`` -> one flag per text: a flagged text stops decoding at the next step
+        (its result is partial). ``on_partial(i, text_so_far)`` reports greedy/sampling output
+        of text i as it grows.
+        """
         target = self.check_task(task)
         opts = opts or SearchOptions()
         opts.validate()
@@ -83,8 +90,10 @@ class Pipeline:
         order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
+            hooks = _chunk_hooks(chunk, target, cancelled, on_partial)
             batch = [sources[i] for i in chunk]
-            for i, gen in zip(chunk, self._generate_batch(task, target, batch, opts), strict=True):
+            generations = self._generate_batch(task, target, batch, opts, hooks)
+            for i, gen in zip(chunk, generations, strict=True):
                 results[i] = gen
             if progress:
                 progress(len(chunk))
@@ -98,12 +107,17 @@ class Pipeline:
         return [r if r is not None else Generation("", 0.0) for r in results]
 
     def _generate_batch(
-        self, task: str, target: Side, sources: list[list[str]], opts: SearchOptions
+        self,
+        task: str,
+        target: Side,
+        sources: list[list[str]],
+        opts: SearchOptions,
+        hooks: SearchHooks | None = None,
     ) -> list[Generation]:
         limit = self.max_source_length - 1  # room for EOS
         kept = [s[:limit] for s in sources]
         src, src_len = self.encode_sources(kept)
-        nbest = search(self.model, task, src, src_len, opts)
+        nbest = search(self.model, task, src, src_len, opts, hooks)
         return [
             self._result(target, s, hyps, len(orig) > limit)
             for s, orig, hyps in zip(kept, sources, nbest, strict=True)
@@ -139,3 +153,29 @@ class Pipeline:
     @staticmethod
     def _text(target: Side, hyp: Hypothesis) -> str:
         return target.tokenizer.detokenize(target.vocab.decode(hyp.tokens))
+
+
+def _chunk_hooks(
+    chunk: list[int],
+    target: Side,
+    cancelled: Callable[[], Sequence[bool]] | None,
+    on_partial: Callable[[int, str], None] | None,
+) -> SearchHooks | None:
+    """Search hooks for one batch, whose row r is input ``chunk[r]``."""
+    if cancelled is None and on_partial is None:
+        return None
+    hooks = SearchHooks()
+    if cancelled is not None:
+        hooks.cancelled = lambda: torch.tensor([bool(cancelled()[i]) for i in chunk])
+    if on_partial is not None:
+        so_far: dict[int, list[int]] = {i: [] for i in chunk}
+
+        def step(rows: torch.Tensor, tokens: torch.Tensor) -> None:
+            for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+                if token != EOS_ID:
+                    ids = so_far[chunk[row]]
+                    ids.append(token)
+                    on_partial(chunk[row], target.tokenizer.detokenize(target.vocab.decode(ids)))
+
+        hooks.on_step = step
+    return hooks

@@ -7,6 +7,7 @@ is greedy. Attention weights (target step x source position) come back when aske
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,17 +68,37 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha if alpha else 1.0
 
 
+@dataclass
+class SearchHooks:
+    """Ways for a caller to watch or steer a running search (the service uses both)."""
+
+    # -> bool tensor, one per input row: True = the caller is gone, stop decoding that row.
+    cancelled: Callable[[], Tensor] | None = None
+    # (input rows still decoding, the token each just produced); greedy and sampling only.
+    on_step: Callable[[Tensor, Tensor], None] | None = None
+
+
 @torch.inference_mode()
 def search(
-    model: Seq2Seq, task: str, src: Tensor, src_len: Tensor, opts: SearchOptions
+    model: Seq2Seq,
+    task: str,
+    src: Tensor,
+    src_len: Tensor,
+    opts: SearchOptions,
+    hooks: SearchHooks | None = None,
 ) -> list[list[Hypothesis]]:
-    """src: batch x src_len ids -> for every row, its n-best hypotheses, best first."""
+    """src: batch x src_len ids -> for every row, its n-best hypotheses, best first.
+
+    A row leaves the batch as soon as it is finished or cancelled (state and memory are
+    compacted), so it costs nothing in the steps after. A cancelled row's result is partial.
+    """
     opts.validate()
     head = model.head(task)
     memory, state = head.prepare(model.encode(src, src_len))
+    hooks = hooks or SearchHooks()
     if opts.beam_size == 1:
-        return _greedy_or_sample(head, memory, state, opts)
-    return _beam(head, memory, state, opts)
+        return _greedy_or_sample(head, memory, state, opts, hooks)
+    return _beam(head, memory, state, opts, hooks)
 
 
 def _constrain(logp: Tensor, history: Tensor, step: int, opts: SearchOptions) -> Tensor:
@@ -105,37 +126,48 @@ def _ban_repeats(logp: Tensor, history: Tensor, n: int) -> None:
 
 
 def _greedy_or_sample(
-    head: TaskHead, memory: Memory, state: DecoderState, opts: SearchOptions
+    head: TaskHead, memory: Memory, state: DecoderState, opts: SearchOptions, hooks: SearchHooks
 ) -> list[list[Hypothesis]]:
-    batch = memory.values.size(0)
+    batch, src_len = memory.values.shape[:2]
     device = memory.values.device
+    rows = torch.arange(batch, device=device)  # input row of each live row
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     scores = torch.zeros(batch, device=device)
-    history = torch.empty(batch, 0, dtype=torch.long, device=device)
-    weights: list[Tensor] = []
+    out = torch.full((batch, opts.max_length), PAD_ID, dtype=torch.long, device=device)
+    weights = torch.zeros(batch, opts.max_length, src_len) if opts.return_attention else None
+    history = torch.empty(batch, 0, dtype=torch.long, device=device)  # live rows only
     generators = _generators(batch, opts, device) if opts.sampling else None
     for step in range(opts.max_length):
         logits, state, attn = head.step(prev, state, memory)
         logp = _constrain(torch.log_softmax(logits.float(), -1), history, step, opts)
-        token = logp.argmax(-1) if generators is None else _sample(logits, logp, opts, generators)
-        token = token.masked_fill(finished, PAD_ID)
-        scores += logp.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
-        history = torch.cat([history, token.unsqueeze(1)], 1)
-        if opts.return_attention:
-            weights.append(attn.float())
-        finished |= token == EOS_ID
-        if bool(finished.all()):
+        if generators is None:
+            token = logp.argmax(-1)
+        else:
+            token = _sample(logits, logp, opts, [generators[i] for i in rows.tolist()])
+        scores[rows] += logp.gather(1, token.unsqueeze(1)).squeeze(1)
+        out[rows, step] = token
+        if weights is not None:
+            weights[rows, step] = attn.float().cpu()
+        if hooks.on_step:
+            hooks.on_step(rows, token)
+        leave = token == EOS_ID
+        if hooks.cancelled is not None:
+            leave |= hooks.cancelled().to(device)[rows]
+        if bool(leave.all()):
             break
+        history = torch.cat([history, token.unsqueeze(1)], 1)
+        if bool(leave.any()):
+            keep = (~leave).nonzero().squeeze(1)
+            rows, token, history = rows[keep], token[keep], history[keep]
+            state, memory = state.index_select(keep), memory.index_select(keep)
         prev = token
-    attention = torch.stack(weights, 1) if weights else None
-    return [[_hypothesis(history[i], float(scores[i]), attention, i, opts)] for i in range(batch)]
+    return [[_hypothesis(out[i], float(scores[i]), weights, i, opts)] for i in range(batch)]
 
 
 def _hypothesis(
     row: Tensor, raw: float, attention: Tensor | None, i: int, opts: SearchOptions
 ) -> Hypothesis:
-    ids = row.tolist()
+    ids = [t for t in row.tolist() if t != PAD_ID]
     tokens = ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
     length = len(tokens) + 1
     attn = attention[i, :length] if attention is not None else None
@@ -167,55 +199,78 @@ def _sample(
     return torch.cat(picks)
 
 
+@dataclass
+class _Beams:
+    """Live beams of the inputs still being searched: k rows per input, in input order."""
+
+    items: Tensor  # the input row of each live input
+    scores: Tensor  # (live inputs * k): summed log-probs
+    history: Tensor  # (live inputs * k) x t
+    attention: Tensor  # (live inputs * k) x t x src_len (t = 0 unless asked for)
+
+    def select(self, rows: Tensor) -> None:
+        self.scores = self.scores.index_select(0, rows)
+        self.history = self.history.index_select(0, rows)
+        self.attention = self.attention.index_select(0, rows)
+
+
 def _beam(
-    head: TaskHead, memory: Memory, state: DecoderState, opts: SearchOptions
+    head: TaskHead, memory: Memory, state: DecoderState, opts: SearchOptions, hooks: SearchHooks
 ) -> list[list[Hypothesis]]:
     k, batch, device = opts.beam_size, memory.values.size(0), memory.values.device
     expand = torch.arange(batch, device=device).repeat_interleave(k)
     memory, state = memory.index_select(expand), state.index_select(expand)
     scores = torch.zeros(batch, k, device=device)
     scores[:, 1:] = NEG_INF  # all beams start identical: keep one until they diverge
-    scores = scores.view(-1)
-    history = torch.empty(batch * k, 0, dtype=torch.long, device=device)
-    attn_history = memory.values.new_zeros(batch * k, 0, memory.values.size(1))
+    beams = _Beams(
+        items=torch.arange(batch, device=device),
+        scores=scores.view(-1),
+        history=torch.empty(batch * k, 0, dtype=torch.long, device=device),
+        attention=memory.values.new_zeros(batch * k, 0, memory.values.size(1)),
+    )
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     found: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)
     for step in range(opts.max_length):
+        live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
-        logp = _constrain(torch.log_softmax(logits.float(), -1), history, step, opts)
+        logp = _constrain(torch.log_softmax(logits.float(), -1), beams.history, step, opts)
         vocab = logp.size(-1)
-        cand = (scores.unsqueeze(1) + logp).view(batch, k * vocab)
-        top_scores, top_index = cand.topk(2 * k, dim=1)  # batch x 2k
-        origin, token = top_index // vocab, top_index % vocab
+        cand = (beams.scores.unsqueeze(1) + logp).view(live, k * vocab)
+        top_scores, top_index = cand.topk(2 * k, dim=1)  # live x 2k
+        offsets = (torch.arange(live, device=device) * k).unsqueeze(1)
+        origin, token = top_index // vocab + offsets, top_index % vocab
         if opts.return_attention:
-            attn_history = torch.cat([attn_history, attn.float().unsqueeze(1)], 1)
-        _collect_finished(
-            found, done, top_scores, origin + offsets, token, history, attn_history, step, opts
-        )
+            beams.attention = torch.cat([beams.attention, attn.float().unsqueeze(1)], 1)
+        _collect_finished(found, beams, top_scores, origin, token, step, opts)
         alive = top_scores.masked_fill(token == EOS_ID, NEG_INF)  # at most k EOS among 2k
         scores_k, pick = alive.topk(k, dim=1)
-        chosen = (origin.gather(1, pick) + offsets).view(-1)
+        chosen = origin.gather(1, pick).view(-1)
         prev = token.gather(1, pick).view(-1)
-        scores = scores_k.view(-1)
-        history = torch.cat([history.index_select(0, chosen), prev.unsqueeze(1)], 1)
-        attn_history = attn_history.index_select(0, chosen)
+        beams.select(chosen)
+        beams.scores = scores_k.view(-1)
+        beams.history = torch.cat([beams.history, prev.unsqueeze(1)], 1)
         state = state.index_select(chosen)
-        _mark_done(found, done, scores_k, opts)
-        if all(done):
+        done = _done(found, beams.items, scores_k, opts, hooks)
+        if step == opts.max_length - 1:
+            done[:] = True
+        _keep_partial(found, beams, done, k, opts)
+        if bool(done.all()):
             break
+        if bool(done.any()):  # finished inputs leave the batch with all their beams
+            keep = (~done).nonzero().squeeze(1)
+            rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            beams.items = beams.items[keep]
+            beams.select(rows)
+            prev, state, memory = prev[rows], state.index_select(rows), memory.index_select(rows)
     return [sorted(f, key=lambda h: -h.score)[: opts.n_best] for f in found]
 
 
 def _collect_finished(
     found: list[list[Hypothesis]],
-    done: list[bool],
+    beams: _Beams,
     top_scores: Tensor,
     origin: Tensor,
     token: Tensor,
-    history: Tensor,
-    attn_history: Tensor,
     step: int,
     opts: SearchOptions,
 ) -> None:
@@ -224,25 +279,47 @@ def _collect_finished(
     ends = (token[:, :k] == EOS_ID) & torch.isfinite(top_scores[:, :k])
     penalty = length_penalty(step + 1, opts.length_penalty)
     for b, j in ends.nonzero().tolist():
-        if done[b]:
-            continue
         row = int(origin[b, j])
-        attn = attn_history[row] if opts.return_attention else None
+        attn = beams.attention[row] if opts.return_attention else None
         score = float(top_scores[b, j]) / penalty
-        found[b].append(Hypothesis(history[row].tolist(), score, attn))
+        found[int(beams.items[b])].append(Hypothesis(beams.history[row].tolist(), score, attn))
 
 
-def _mark_done(
-    found: list[list[Hypothesis]], done: list[bool], alive: Tensor, opts: SearchOptions
+def _keep_partial(
+    found: list[list[Hypothesis]], beams: _Beams, done: Tensor, k: int, opts: SearchOptions
 ) -> None:
-    """An input is done once its n_best-th finished hypothesis beats every live one's best
-    possible score: log-probs only fall, so a live score divided by the largest length
-    penalty ahead is an upper bound. (Stopping at beam_size finished hypotheses instead, as
-    some toolkits do, lets early junk endings cut off a confident path still running.)"""
+    """An input leaving with no finished hypothesis (cancelled) keeps its best live beam."""
+    for b in done.nonzero().squeeze(1).tolist():
+        item = int(beams.items[b])
+        if not found[item]:
+            row = b * k
+            penalty = length_penalty(beams.history.size(1), opts.length_penalty)
+            attn = beams.attention[row] if opts.return_attention else None
+            score = float(beams.scores[row]) / penalty
+            found[item].append(Hypothesis(beams.history[row].tolist(), score, attn))
+
+
+def _done(
+    found: list[list[Hypothesis]],
+    items: Tensor,
+    alive: Tensor,
+    opts: SearchOptions,
+    hooks: SearchHooks,
+) -> Tensor:
+    """Per live input: finished, or cancelled by the caller.
+
+    Finished means its n_best-th finished hypothesis beats every live one's best possible
+    score: log-probs only fall, so a live score divided by the largest length penalty ahead
+    is an upper bound. (Stopping at beam_size finished hypotheses instead, as some toolkits
+    do, lets early junk endings cut off a confident path that is still running.)
+    """
     best_penalty = length_penalty(opts.max_length, max(opts.length_penalty, 0.0))
-    for b, hyps in enumerate(found):
-        if done[b] or len(hyps) < opts.n_best:
-            continue
-        bound = float(alive[b, 0]) / best_penalty
-        nth_best = sorted((h.score for h in hyps), reverse=True)[opts.n_best - 1]
-        done[b] = nth_best >= bound
+    done = torch.zeros(items.size(0), dtype=torch.bool)
+    for b, item in enumerate(items.tolist()):
+        hyps = found[item]
+        if len(hyps) >= opts.n_best:
+            nth_best = sorted((h.score for h in hyps), reverse=True)[opts.n_best - 1]
+            done[b] = nth_best >= float(alive[b, 0]) / best_penalty
+    if hooks.cancelled is not None:
+        done |= hooks.cancelled().cpu()[items.cpu()]
+    return done.to(items.device)

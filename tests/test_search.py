@@ -135,3 +135,35 @@ def test_long_input_is_truncated_with_a_count_not_a_crash(toy_bundle, caplog):
     out = pipeline.generate("reverse", ["사과 바다 하늘 학교 친구 음악 시간", "사과 바다"])
     assert out[0].truncated and len(out[0].source_tokens) == 4 and not out[1].truncated
     assert "1 input(s) longer than 5 tokens were truncated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "opts, leave_at",
+    [(SearchOptions(), 2), (SearchOptions(beam_size=3), 1), (SearchOptions(beam_size=3), 3)],
+)
+def test_a_cancelled_row_stops_and_the_others_are_unchanged(pipeline, opts, leave_at):
+    texts = INPUTS[:6]
+    calls = {"n": 0}
+
+    def cancelled():  # asked once per decoding step; input 2's caller leaves at step leave_at
+        calls["n"] += 1
+        return [i == 2 and calls["n"] >= leave_at for i in range(len(texts))]
+
+    plain = pipeline.generate("reverse", texts, opts)
+    cut = pipeline.generate("reverse", texts, opts, cancelled=cancelled)
+    assert len(cut[2].tokens) <= leave_at < len(plain[2].tokens)
+    assert [c.text for i, c in enumerate(cut) if i != 2] == [
+        p.text for i, p in enumerate(plain) if i != 2
+    ]
+
+
+def test_partial_outputs_grow_to_the_final_text(pipeline):
+    seen: dict[int, list[str]] = {}
+    opts = SearchOptions(sampling=True, seed=3, top_k=3)
+    out = pipeline.generate(
+        "reverse", INPUTS[:4], opts, on_partial=lambda i, text: seen.setdefault(i, []).append(text)
+    )
+    for i, gen in enumerate(out):
+        assert seen[i][-1] == gen.text
+        assert all(b.startswith(a) for a, b in zip(seen[i], seen[i][1:], strict=False))
+        assert len(seen[i]) == len(gen.tokens)
