@@ -8,19 +8,23 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: serve test lint system-deps install clean
+PROTO := proto/hanseq/v1/hanseq.proto
+GEN := gen/hanseq/v1/hanseq_pb2.py
+GRPC_TOOLS := grpcio-tools==1.85.1
+
+.PHONY: serve test lint system-deps install gen clean
 
 serve: $(STAMP)
 	$(BIN)/hanseq serve
 
 test: $(STAMP)
-	$(BIN)/ruff check engine tests bench
-	$(BIN)/ruff format --check engine tests bench
+	$(BIN)/ruff check engine service tests bench
+	$(BIN)/ruff format --check engine service tests bench
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine tests bench
-	$(BIN)/ruff format --check engine tests bench
+	$(BIN)/ruff check engine service tests bench
+	$(BIN)/ruff format --check engine service tests bench
 
 install: $(STAMP)
 
@@ -29,11 +33,21 @@ system-deps:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
 
-$(STAMP): pyproject.toml | system-deps
+$(STAMP): pyproject.toml $(PROTO) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '$(GRPC_TOOLS)'
+	$(MAKE) gen
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
 	touch $(STAMP)
 
+# Python stubs (+ .pyi types) from the .proto: built, never committed.
+gen: $(GEN)
+$(GEN): $(PROTO)
+	mkdir -p gen/hanseq/v1
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=gen --pyi_out=gen \
+	  --grpc_python_out=gen $(PROTO)
+	touch gen/hanseq/__init__.py gen/hanseq/v1/__init__.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build gen *.egg-info

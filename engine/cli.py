@@ -1,4 +1,4 @@
-"""``hanseq train | generate | eval | serve``.
+"""``hanseq train | generate | eval`` (``hanseq serve`` is added by service.cli).
 
     hanseq train --config configs/multitask-small.yaml
     hanseq generate --model runs/small/bundle --task translate --beam 5 < in.txt > out.txt
@@ -56,15 +56,15 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hanseq", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The engine's subcommands; the service's CLI mounts them next to ``serve``."""
     p = sub.add_parser("train", help="train a bundle from a YAML config")
     p.add_argument("--config", required=True, help="YAML training config (see configs/)")
     p.add_argument("--strict", action="store_true", help="a malformed data line is an error")
     p.add_argument(
-        "--no-resume", action="store_true", help="start afresh even if output_dir has a checkpoint"
+        "--no-resume",
+        action="store_true",
+        help="start afresh even if output_dir has a checkpoint",
     )
     p.add_argument("--max-steps", type=int, help="override training.max_steps")
     p.add_argument("--output-dir", help="override training.output_dir")
@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("--task", required=True, help="task head, e.g. translate, respond, summarize")
     p.add_argument(
-        "--json", action="store_true", help="one JSON object per line (text, score, n-best, tokens)"
+        "--json",
+        action="store_true",
+        help="one JSON object per line (text, score, n-best, tokens)",
     )
     p.add_argument("--attention", action="store_true", help="with --json: include attention")
     _search_flags(p)
@@ -86,12 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-origin", action="store_true", help="also score each origin apart")
     _search_flags(p)
 
-    sub.add_parser("serve", help="serve bundles over gRPC (the service; see README)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hanseq", description=__doc__.split("\n")[0])
+    add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run an engine subcommand; a user's mistake is one line on stderr and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from engine.bundle import BundleError
     from engine.data import DataError
@@ -222,16 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    print(
-        "hanseq serve: the gRPC service is not built yet (issue #3: proto/ and service/); "
-        "until then use `hanseq generate` and `hanseq eval` on a bundle.",
-        file=sys.stderr,
-    )
-    return EXIT_USAGE
-
-
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "serve": cmd_serve}
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}
 
 if __name__ == "__main__":
     sys.exit(main())

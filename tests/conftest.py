@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.bundle import Bundle, load_bundle
-from engine.config import Config, from_dict
+from engine.config import Config, TaskConfig, from_dict
 from engine.training import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,3 +86,20 @@ def toy_bundle_path(toy_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_bundle(toy_bundle_path) -> Bundle:
     return load_bundle(toy_bundle_path)
+
+
+def three_task_config(root: Path, output_dir: Path) -> Config:
+    """translate / respond / summarize heads, all on the toy data: for service tests, where
+    what matters is that the engine and the server agree, not what the model says."""
+    head = {"train": "train.tsv", "valid": "valid.tsv", "target": {"kind": "mecab"}}
+    cfg = toy_config(
+        root, output_dir, max_steps=300, valid_every=300, valid_max_examples=20, max_minutes=0.0
+    )
+    cfg.name = "service-toy"
+    cfg.tasks = {t: from_dict(TaskConfig, head, t) for t in ("translate", "respond", "summarize")}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def service_bundle_path(toy_corpus, tmp_path_factory) -> Path:
+    return train(three_task_config(toy_corpus, tmp_path_factory.mktemp("service")), resume=False)

@@ -1,0 +1,1 @@
+"""hanseq service: gRPC in front of the engine (batching, workers, health)."""

@@ -1,0 +1,123 @@
+"""Cross-cutting concerns of every hanseq RPC, so handlers carry no boilerplate:
+a request id (from ``x-request-id`` metadata or new), the mapping of errors to statuses
+(``ServiceError`` -> its code; anything else -> INTERNAL with the request id, traceback in the
+log, never to the caller), and one structured log line per request outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service.errors import ServiceError
+
+log = logging.getLogger("hanseq.requests")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+SERVICE_PREFIX = "/hanseq.v1."
+
+
+def _incoming_id(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:64]
+    return uuid.uuid4().hex[:16]
+
+
+class _Outcome:
+    def __init__(self, method: str, context):
+        self.method, self.code, self.started = method, grpc.StatusCode.OK, time.perf_counter()
+        self.rid = _incoming_id(context)
+        self.token = request_id.set(self.rid)
+        context.set_trailing_metadata((("x-request-id", self.rid),))
+
+    def cancelled(self, context) -> None:
+        """grpc-aio cancels the handler both when the caller leaves and at the deadline."""
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+    async def fail(self, error: BaseException, context) -> None:
+        """Record the status and end the RPC with it (context.abort raises)."""
+        if isinstance(error, ServiceError):
+            self.code = error.code
+            await context.abort(error.code, error.message)
+        log.error("unhandled error in %s (request %s)", self.method, self.rid, exc_info=error)
+        self.code = grpc.StatusCode.INTERNAL
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {self.rid})")
+
+    def close(self) -> None:
+        log.info(
+            json.dumps(
+                {
+                    "request_id": self.rid,
+                    "method": self.method,
+                    "code": self.code.name,
+                    "ms": round(1000 * (time.perf_counter() - self.started), 2),
+                }
+            )
+        )
+        request_id.reset(self.token)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _unary(behaviour, method: str):
+    async def wrapped(request, context):
+        outcome = _Outcome(method, context)
+        try:
+            return await behaviour(request, context)
+        except asyncio.CancelledError:
+            outcome.cancelled(context)
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await outcome.fail(e, context)
+        finally:
+            outcome.close()
+
+    return wrapped
+
+
+def _stream(behaviour, method: str):
+    async def wrapped(request, context) -> AsyncIterator:
+        outcome = _Outcome(method, context)
+        try:
+            async for item in behaviour(request, context):
+                yield item
+        except asyncio.CancelledError:
+            outcome.cancelled(context)
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await outcome.fail(e, context)
+        finally:
+            outcome.close()
+
+    return wrapped

@@ -1,0 +1,161 @@
+"""The worker pool: which workers exist, which are free, replacing dead ones, and reloads.
+
+A reload starts a new generation of workers (the bundles loaded again and warmed) while the old
+one keeps serving; when every new worker is ready the pool switches at once, and each old worker
+stops after the batch it is decoding. So no request is lost or answered by a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from service.errors import Unavailable
+from service.settings import Settings
+from service.workers import Worker, default_threads, find_bundles
+
+log = logging.getLogger(__name__)
+MONITOR_INTERVAL_S = 0.5
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, on_change: Callable[[], None] = lambda: None):
+        self.settings = settings
+        self.on_change = on_change
+        self.generation = 0
+        self.workers: list[Worker] = []
+        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self._replacing: set[int] = set()
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._monitor: asyncio.Task | None = None
+        self._closed = False
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """task -> {model_id, model_version, metric, valid_scores, ...} of the serving bundles."""
+        return self._tasks
+
+    def alive_count(self) -> int:
+        return sum(1 for w in self.workers if w.alive and w.generation == self.generation)
+
+    def busy_count(self) -> int:
+        return sum(1 for w in self.workers if w.busy)
+
+    async def start(self) -> None:
+        find_bundles(self.settings.models_path())  # fail fast, with the path, if none
+        self.workers = await self._start_generation(1)
+        self.generation = 1
+        self._tasks = self.workers[0].tasks
+        for worker in self.workers:
+            self._idle.put_nowait(worker)
+        self._monitor = asyncio.create_task(self._watch())
+        self.on_change()
+
+    async def _start_generation(self, generation: int) -> list[Worker]:
+        devices = self.settings.device_list()
+        cpu_workers = sum(1 for d in devices if d == "cpu")
+        threads = default_threads(self.settings.cpu_threads, cpu_workers)
+        workers = [self._new_worker(d, threads, generation) for d in devices]
+        results = await asyncio.gather(
+            *(w.start(self.settings.worker_start_timeout_s) for w in workers),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            for w in workers:
+                w.kill()
+            raise errors[0]
+        return workers
+
+    def _new_worker(self, device: str, threads: int, generation: int) -> Worker:
+        return Worker(
+            device,
+            self.settings.models_path(),
+            threads if device == "cpu" else 0,
+            self.settings.half_precision,
+            self.settings.max_batch_size,
+            generation,
+        )
+
+    async def acquire(self) -> Worker:
+        """A free, live worker of the serving generation (waits for one)."""
+        while True:
+            worker = await self._idle.get()
+            if worker.generation != self.generation:
+                asyncio.create_task(worker.stop())
+                continue
+            if not worker.alive:
+                self._replace(worker)
+                continue
+            worker.busy = True
+            return worker
+
+    def current(self, worker: Worker) -> bool:
+        """Still the worker to use: alive and of the serving generation."""
+        return worker.alive and worker.generation == self.generation
+
+    def release(self, worker: Worker) -> None:
+        worker.busy = False
+        if worker.generation != self.generation:
+            asyncio.create_task(worker.stop())  # an old generation: done after its last batch
+        elif worker.alive:
+            self._idle.put_nowait(worker)
+        else:
+            self._replace(worker)
+
+    def _replace(self, dead: Worker) -> None:
+        """Start a new worker on the dead one's device (once, however often it is reported)."""
+        if id(dead) in self._replacing or self._closed:
+            return
+        self._replacing.add(id(dead))
+        log.error("worker on %s (pid %s) died; starting a new one", dead.device, dead.pid)
+        self.on_change()
+        asyncio.create_task(self._restart(dead))
+
+    async def _restart(self, dead: Worker) -> None:
+        dead.kill()
+        while not self._closed and dead.generation == self.generation:
+            worker = self._new_worker(dead.device, dead.threads, self.generation)
+            try:
+                await worker.start(self.settings.worker_start_timeout_s)
+            except Unavailable as e:
+                log.error("%s; retrying in 1 s", e)
+                await asyncio.sleep(1.0)
+                continue
+            self.workers = [w for w in self.workers if w is not dead] + [worker]
+            self._idle.put_nowait(worker)
+            log.info("worker on %s is back (pid %s)", worker.device, worker.pid)
+            break
+        self._replacing.discard(id(dead))
+        self.on_change()
+
+    async def _watch(self) -> None:
+        """Notice workers that die while idle (killed, crashed) without waiting for a batch."""
+        while not self._closed:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            for worker in list(self.workers):
+                if not worker.busy and not worker.alive and worker.generation == self.generation:
+                    self._replace(worker)
+
+    async def reload(self) -> dict[str, dict[str, Any]]:
+        """Load the bundles again into new workers, then switch; the old ones drain."""
+        generation = self.generation + 1
+        fresh = await self._start_generation(generation)  # raises: the old ones keep serving
+        old = self.workers
+        self.workers, self.generation, self._tasks = fresh, generation, fresh[0].tasks
+        for worker in fresh:
+            self._idle.put_nowait(worker)
+        for worker in old:
+            if not worker.busy:
+                asyncio.create_task(worker.stop())
+        self.on_change()
+        log.info("reloaded: %s", {t: i["model_version"] for t, i in self._tasks.items()})
+        return self._tasks
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._monitor:
+            self._monitor.cancel()
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

@@ -1,0 +1,146 @@
+"""The gRPC server: built by ``create_app`` (tests use it on port 0), run by ``serve``.
+
+Start-up: listen at once (health says NOT_SERVING, RPCs answer UNAVAILABLE), load and warm the
+bundles in the workers, then SERVING. SIGTERM/SIGINT: NOT_SERVING, refuse new RPCs, let
+in-flight ones finish within ``grace_period_s``, exit 0. SIGHUP: reload the bundles without
+downtime (also the ReloadModels RPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from hanseq.v1 import hanseq_pb2, hanseq_pb2_grpc
+from service.batcher import Batcher
+from service.interceptors import ErrorInterceptor
+from service.pool import WorkerPool
+from service.servicer import Seq2SeqServicer
+from service.settings import Settings
+
+log = logging.getLogger("hanseq.server")
+SERVICE = hanseq_pb2.DESCRIPTOR.services_by_name["Seq2Seq"].full_name  # "hanseq.v1.Seq2Seq"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_names(tasks) -> list[str]:
+    """ "" (the whole server), the service, and one name per task: hanseq.v1.Seq2Seq/translate."""
+    return ["", SERVICE, *(f"{SERVICE}/{t}" for t in tasks)]
+
+
+@dataclass
+class App:
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    pool: WorkerPool
+    batcher: Batcher
+    servicer: Seq2SeqServicer
+    health: HealthServicer
+    draining: bool = False
+    _known: set[str] = field(default_factory=set)
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def update_health(self) -> None:
+        """SERVING where a live worker serves; NOT_SERVING while starting, broken or draining."""
+        up = not self.draining and self.servicer.ready and self.pool.alive_count() > 0
+        names = health_names(self.pool.tasks)
+        for name in self._known - set(names):
+            await self.health.set(name, NOT_SERVING)  # a task a reload took away
+        self._known |= set(names)
+        for name in names:
+            await self.health.set(name, SERVING if up else NOT_SERVING)
+
+    async def reload(self) -> None:
+        async with self._reloading:
+            await self.pool.reload()
+        await self.update_health()
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new calls, finish in-flight ones within the grace period."""
+        self.draining = True
+        await self.update_health()
+        await self.server.stop(self.settings.grace_period_s)
+        self.servicer.ready = False
+        await self.batcher.stop()
+        await self.pool.stop()
+
+
+async def create_app(settings: Settings) -> App:
+    """Listening and answering health checks at once; SERVING when the models are warm."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=_channel_options(settings))
+    pool = WorkerPool(settings)
+    batcher = Batcher(pool, settings)
+    health = HealthServicer()
+    app_ref: dict[str, App] = {}
+    servicer = Seq2SeqServicer(settings, pool, batcher, lambda: app_ref["app"].reload())
+    hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [
+                SERVICE,
+                reflection.SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            ],
+            server,
+        )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    app = app_ref["app"] = App(settings, server, port, pool, batcher, servicer, health)
+    for name in health_names([]):
+        await health.set(name, NOT_SERVING)
+    await server.start()
+    pool.on_change = lambda: asyncio.ensure_future(app.update_health())
+    try:
+        await pool.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    batcher.start()
+    servicer.ready = True
+    await app.update_health()
+    return app
+
+
+def _channel_options(s: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def serve(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    app = await create_app(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app)))
+    tasks = ", ".join(
+        f"{t} ({i['model_id']} {i['model_version']})" for t, i in app.pool.tasks.items()
+    )
+    log.info("serving %s on %s:%d", tasks, settings.host, app.port)
+    await stop.wait()
+    log.info("draining (grace %.0f s)", settings.grace_period_s)
+    await app.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _reload(app: App) -> None:
+    try:
+        await app.reload()
+    except Exception as e:  # the old models keep serving
+        log.error("reload failed, still serving the previous models: %s", e)

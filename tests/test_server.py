@@ -1,0 +1,388 @@
+"""The gRPC service end to end: a real server on a free port, real worker processes, the tiny
+three-head bundle trained by the tests, and grpc.aio clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.bundle import load_bundle
+from engine.pipeline import Pipeline
+from engine.search import SearchOptions
+from hanseq.v1 import hanseq_pb2 as pb
+from hanseq.v1 import hanseq_pb2_grpc
+from service.server import create_app
+from service.settings import load_settings
+from tests.conftest import reversal_pairs
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+TEXTS = [line.split("\t")[0] for line in reversal_pairs(60, seed=31)]
+CODE = grpc.StatusCode
+
+
+def settings_for(models, **overrides):
+    base = {
+        "port": 0,
+        "models": str(models),
+        "devices": "cpu",
+        "cpu_threads": 1,
+        "max_queue_delay_ms": 10,
+    }
+    return load_settings({**base, **overrides}, env={})
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def served(service_bundle_path, tmp_path_factory):
+    """A copy of the bundle (so reload tests may edit its version) behind a running server."""
+    models = shutil.copytree(service_bundle_path, tmp_path_factory.mktemp("models") / "b")
+    app = await create_app(settings_for(models))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    yield app, hanseq_pb2_grpc.Seq2SeqStub(channel), channel, models
+    await channel.close()
+    await app.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(service_bundle_path):
+    return Pipeline.from_bundle(load_bundle(service_bundle_path))
+
+
+async def code_of(call) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call
+    except grpc.aio.AioRpcError as e:
+        return e.code(), e.details()
+    return CODE.OK, ""
+
+
+async def test_every_unary_rpc(served, offline):
+    _, stub, _, _ = served
+    text = TEXTS[0]
+    expect = offline.generate("translate", [text])[0].text
+    assert (await stub.Translate(pb.TranslateRequest(text=text))).text == expect
+    assert (await stub.Summarize(pb.SummarizeRequest(text=text))).text == offline.generate(
+        "summarize", [text]
+    )[0].text
+    respond = await stub.Respond(
+        pb.RespondRequest(
+            message=text, history=[pb.Turn(text="안녕", from_user=True), pb.Turn(text="네")]
+        )
+    )
+    assert respond.text == offline.generate("respond", [text])[0].text  # context_turns = 0
+    generic = await stub.Generate(pb.GenerateRequest(task="translate", text=text))
+    assert generic.text == expect and generic.model_id == "service-toy"
+    assert generic.compute_ms > 0 and generic.queue_ms >= 0 and generic.batch_size >= 1
+
+
+async def test_batch_keeps_order_and_matches_the_engine(served, offline):
+    _, stub, _, _ = served
+    options = pb.DecodingOptions(beam_size=3, n_best=2, length_penalty=0.6)
+    reply = await stub.GenerateBatch(
+        pb.GenerateBatchRequest(task="summarize", texts=TEXTS[:20], options=options)
+    )
+    expected = offline.generate(
+        "summarize",
+        TEXTS[:20],
+        SearchOptions(beam_size=3, n_best=2, length_penalty=0.6, max_length=20),
+    )
+    assert [r.text for r in reply.results] == [e.text for e in expected]
+    assert [r.alternatives[0].text for r in reply.results] == [
+        e.alternatives[0][0] for e in expected
+    ]
+
+
+async def test_attention_comes_back_when_asked(served):
+    _, stub, _, _ = served
+    r = await stub.Translate(
+        pb.TranslateRequest(
+            text="사과 바다 하늘", options=pb.DecodingOptions(return_attention=True)
+        )
+    )
+    assert list(r.source_tokens) == ["▁사과", "▁바다", "▁하늘"]
+    assert r.attention.rows == len(r.target_tokens) + 1 and r.attention.cols == 4
+    assert len(r.attention.weights) == r.attention.rows * r.attention.cols
+    plain = await stub.Translate(pb.TranslateRequest(text="사과 바다 하늘"))
+    assert not plain.target_tokens and not plain.attention.weights
+
+
+async def test_stream_grows_to_the_final_result(served, offline):
+    _, stub, _, _ = served
+    request = pb.GenerateRequest(
+        task="respond", text=TEXTS[1], options=pb.DecodingOptions(sample=True, seed=5, top_k=4)
+    )
+    messages = [m async for m in stub.GenerateStream(request)]
+    assert messages[-1].final and not any(m.final for m in messages[:-1])
+    final = messages[-1].result
+    expected = offline.generate(
+        "respond", [TEXTS[1]], SearchOptions(sampling=True, seed=5, top_k=4, max_length=20)
+    )
+    assert final.text == expected[0].text == messages[-1].text
+    assert all(b.text.startswith(a.text) for a, b in zip(messages, messages[1:], strict=False))
+    assert len(messages) >= 3
+
+
+async def test_list_models_shows_tasks_versions_and_limits(served):
+    app, stub, _, _ = served
+    reply = await stub.ListModels(pb.ListModelsRequest())
+    assert [t.task for t in reply.tasks] == ["translate", "respond", "summarize"]
+    assert all(t.model_version == app.pool.tasks[t.task]["model_version"] for t in reply.tasks)
+    assert reply.tasks[0].metric == "bleu" and "bleu" in reply.tasks[0].valid_scores
+    assert reply.tasks[1].metric == "rouge_l" and "rouge_l" in reply.tasks[1].valid_scores
+    assert reply.limits.max_beam_size == 8 and reply.limits.max_input_chars == 2000
+
+
+async def test_health_per_task_and_reflection(served):
+    _, _, channel, _ = served
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in [
+        "",
+        "hanseq.v1.Seq2Seq",
+        "hanseq.v1.Seq2Seq/translate",
+        "hanseq.v1.Seq2Seq/summarize",
+    ]:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    code, _ = await code_of(health.Check(health_pb2.HealthCheckRequest(service="nope")))
+    assert code == CODE.NOT_FOUND
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = reflect.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    names = [s.name async for r in replies for s in r.list_services_response.service]
+    assert "hanseq.v1.Seq2Seq" in names
+
+
+def _opts(**kw):
+    return pb.DecodingOptions(**kw)
+
+
+BAD = [
+    ("Translate", pb.TranslateRequest(text=""), "text: must not be empty"),
+    ("Translate", pb.TranslateRequest(text="  \n"), "text: must not be empty"),
+    (
+        "Translate",
+        pb.TranslateRequest(text="가" * 2001),
+        "text: is 2001 characters; the limit is 2000",
+    ),
+    ("Generate", pb.GenerateRequest(task="poetry", text="x"), "task: unknown task 'poetry'"),
+    ("Generate", pb.GenerateRequest(text="x"), "task: must name a task"),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(beam_size=0)),
+        "options.beam_size: must be between 1 and 8 (got 0)",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(beam_size=9)),
+        "options.beam_size: must be between 1 and 8",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(beam_size=2, n_best=3)),
+        "options.n_best: must be between 1 and 2",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(max_length=999)),
+        "options.max_length: must be between 1 and 256",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(max_length=5, min_length=5)),
+        "options.min_length: must be between 0 and 4",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(length_penalty=float("nan"))),
+        "options.length_penalty",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(sample=True, beam_size=4)),
+        "options.sample: sampling decodes one hypothesis",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(top_p=0.5)),
+        "options.top_p: applies only with sample=true",
+    ),
+    (
+        "Translate",
+        pb.TranslateRequest(text="x", options=_opts(sample=True, temperature=0)),
+        "options.temperature: must be between",
+    ),
+    ("GenerateBatch", pb.GenerateBatchRequest(task="translate"), "texts: must hold at least one"),
+    (
+        "GenerateBatch",
+        pb.GenerateBatchRequest(task="translate", texts=["x"] * 257),
+        "texts: 257 items; the limit is 256",
+    ),
+    (
+        "GenerateBatch",
+        pb.GenerateBatchRequest(task="translate", texts=["x", ""]),
+        "texts[1]: must not be empty",
+    ),
+    (
+        "Respond",
+        pb.RespondRequest(message="x", history=[pb.Turn(text="")]),
+        "history[0].text: must not be empty",
+    ),
+    (
+        "Respond",
+        pb.RespondRequest(message="x", history=[pb.Turn(text="a")] * 33),
+        "history: 33 turns; the limit is 32",
+    ),
+]
+
+
+@pytest.mark.parametrize("method, request_, message", BAD, ids=[b[2][:40] for b in BAD])
+async def test_bad_input_is_invalid_argument_naming_the_field(served, method, request_, message):
+    _, stub, _, _ = served
+    code, details = await code_of(getattr(stub, method)(request_))
+    assert code == CODE.INVALID_ARGUMENT and details.startswith(message), details
+
+
+async def test_streaming_refuses_beam_search(served):
+    _, stub, _, _ = served
+    call = stub.GenerateStream(
+        pb.GenerateRequest(task="translate", text="x", options=_opts(beam_size=3))
+    )
+    code, details = await code_of(_drain(call))
+    assert code == CODE.INVALID_ARGUMENT and "streaming decodes greedily" in details
+
+
+async def _drain(call):
+    return [m async for m in call]
+
+
+async def test_a_short_deadline_is_deadline_exceeded(served):
+    _, stub, _, _ = served
+    slow = _opts(beam_size=8, min_length=250, max_length=256)
+    code, _ = await code_of(
+        stub.Translate(pb.TranslateRequest(text=TEXTS[2], options=slow), timeout=0.05)
+    )
+    assert code == CODE.DEADLINE_EXCEEDED
+    ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[2]), timeout=30)  # still serving
+    assert ok.text
+
+
+async def test_a_cancelled_stream_stops_decoding(served):
+    app, stub, _, _ = served
+    seen = []
+    original = app.batcher.submit
+    app.batcher.submit = lambda request: (seen.append(request), original(request))[1]
+    try:
+        call = stub.GenerateStream(
+            pb.GenerateRequest(
+                task="respond", text=TEXTS[3], options=_opts(min_length=250, max_length=256)
+            )
+        )
+        async for _ in call:
+            call.cancel()  # leave after the first partial output
+            break
+    finally:
+        app.batcher.submit = original
+    for _ in range(200):  # the worker frees up once the row has left the batch
+        if app.pool.busy_count() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert seen[0].cancelled and seen[0].partials < 100  # 250 steps had it not stopped
+
+
+async def test_200_concurrent_mixed_requests_equal_the_engine(served, offline):
+    _, stub, _, _ = served
+    variants = [
+        ("translate", {}),
+        ("respond", {"beam_size": 3}),
+        ("summarize", {"no_repeat_ngram": 2}),
+        ("respond", {"sample": True, "seed": 9}),
+    ]
+    calls, expected = [], []
+    for i in range(200):
+        task, kw = variants[i % len(variants)]
+        text = TEXTS[i % len(TEXTS)]
+        calls.append(stub.Generate(pb.GenerateRequest(task=task, text=text, options=_opts(**kw))))
+        engine_kw = {("sampling" if k == "sample" else k): v for k, v in kw.items()}
+        expected.append((task, text, SearchOptions(max_length=20, **engine_kw)))
+    replies = await asyncio.gather(*calls)
+    for reply, (task, text, options) in zip(replies, expected, strict=True):
+        assert reply.text == offline.generate(task, [text], options)[0].text
+    assert max(r.batch_size for r in replies) > 1  # they really were batched
+
+
+async def test_reload_under_load_loses_nothing_and_switches_version(served):
+    app, stub, _, models = served
+    manifest = json.loads((models / "bundle.json").read_text())
+    manifest["version"] = "reloaded-2"
+    (models / "bundle.json").write_text(json.dumps(manifest))
+    load = [stub.Translate(pb.TranslateRequest(text=TEXTS[i % 60])) for i in range(150)]
+    load_task = asyncio.gather(*load)
+    await asyncio.sleep(0.05)
+    await stub.ReloadModels(pb.ReloadModelsRequest())
+    replies = await load_task
+    assert len(replies) == 150 and all(r.text for r in replies)
+    after = await stub.Translate(pb.TranslateRequest(text=TEXTS[0]))
+    assert after.model_version == "reloaded-2"
+    listed = await stub.ListModels(pb.ListModelsRequest())
+    assert {t.model_version for t in listed.tasks} == {"reloaded-2"}
+    assert app.pool.alive_count() == 1
+
+
+async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service_bundle_path):
+    app = await create_app(settings_for(service_bundle_path, max_queue_size=4, max_batch_size=2))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+    try:
+        slow = _opts(min_length=120, max_length=128)
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(
+                code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[i % 60], options=slow)))
+                for i in range(40)
+            )
+        )
+        codes = [c for c, _ in results]
+        assert codes.count(CODE.RESOURCE_EXHAUSTED) >= 20 and CODE.OK in codes
+        assert set(codes) <= {CODE.OK, CODE.RESOURCE_EXHAUSTED}
+        assert "queue is full" in next(d for c, d in results if c == CODE.RESOURCE_EXHAUSTED)
+        assert time.monotonic() - started < 60
+        ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[0]))  # recovered
+        assert ok.text
+
+        # A worker killed mid-batch: its requests fail UNAVAILABLE; a new one takes over.
+        calls = [
+            asyncio.ensure_future(
+                code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[i], options=slow)))
+            )
+            for i in range(2)
+        ]
+        for _ in range(500):
+            if app.pool.busy_count():
+                break
+            await asyncio.sleep(0.01)
+        os.kill(app.pool.workers[0].pid, signal.SIGKILL)
+        codes = {c for c, _ in await asyncio.gather(*calls)}
+        assert codes <= {CODE.UNAVAILABLE, CODE.OK} and CODE.UNAVAILABLE in codes
+        ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[0]), timeout=120)
+        assert ok.text
+        health = health_pb2_grpc.HealthStub(channel)
+        status = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+        await app.stop()  # draining: NOT_SERVING, then nothing is accepted
+        code, _ = await code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[0])))
+        assert code == CODE.UNAVAILABLE
+    finally:
+        await channel.close()
+        await app.stop()
