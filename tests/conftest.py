@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.bundle import Bundle, load_bundle
 from engine.config import Config, TaskConfig, from_dict
@@ -103,3 +109,43 @@ def three_task_config(root: Path, output_dir: Path) -> Config:
 @pytest.fixture(scope="session")
 def service_bundle_path(toy_corpus, tmp_path_factory) -> Path:
     return train(three_task_config(toy_corpus, tmp_path_factory.mktemp("service")), resume=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(channel: grpc.Channel, server: subprocess.Popen, seconds: float = 120) -> None:
+    """Poll the health service until the whole server says SERVING."""
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the server exited"
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server never became SERVING")
+
+
+def start_server(models: Path, port: int, **settings: str) -> subprocess.Popen:
+    """`hanseq serve` as a user runs it, on ``port``, serving ``models``."""
+    env = {
+        **os.environ,
+        "HANSEQ_PORT": str(port),
+        "HANSEQ_MODELS": str(models),
+        "HANSEQ_DEVICES": "cpu",
+        "HANSEQ_LOG_LEVEL": "WARNING",
+        **{f"HANSEQ_{k.upper()}": v for k, v in settings.items()},
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "hanseq"), "serve"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )

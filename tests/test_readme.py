@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, start_server, wait_serving
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
@@ -51,17 +52,35 @@ def test_shell_example_runs(command, toy_bundle_path, toy_corpus):
     assert run.stdout.strip()
 
 
-def test_python_example_runs(toy_bundle_path, toy_corpus):
-    (code,) = blocks("python")
+def python_example(marker: str) -> str:
+    (code,) = [b for b in blocks("python") if marker in b]
+    return code
+
+
+def test_engine_python_example_runs(toy_bundle_path, toy_corpus):
+    code = on_toy(python_example("load_bundle"), toy_bundle_path, toy_corpus)
     run = subprocess.run(
-        [sys.executable, "-c", on_toy(code, toy_bundle_path, toy_corpus)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()
+
+
+def test_service_python_example_runs(service_bundle_path):
+    port = free_port()
+    server = start_server(service_bundle_path, port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_serving(channel, server)
+        code = python_example("insecure_channel").replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+        run = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+        )
+        assert run.returncode == 0, run.stderr
+        assert "INVALID_ARGUMENT text: must not be empty" in run.stdout
+    finally:
+        server.terminate()
+        assert server.wait(60) == 0
 
 
 def test_there_are_examples_to_run():

@@ -1,0 +1,66 @@
+"""SIGTERM under load, against `hanseq serve` as a process: in-flight requests complete, new
+ones are refused, health goes SERVING -> NOT_SERVING, the process exits 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hanseq.v1 import hanseq_pb2 as pb
+from hanseq.v1 import hanseq_pb2_grpc
+from tests.conftest import free_port, reversal_pairs, start_server, wait_serving
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(service_bundle_path, tmp_path):
+    port = free_port()
+    server = start_server(service_bundle_path, port, grace_period_s="60")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        wait_serving(channel, server)
+        statuses: list[int] = []
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="hanseq.v1.Seq2Seq/translate")
+        )
+
+        def follow() -> None:
+            try:
+                for reply in watch:
+                    statuses.append(reply.status)
+            except grpc.RpcError:  # the stream ends when the server is gone
+                pass
+
+        watcher = threading.Thread(target=follow)
+        watcher.start()
+        stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+        slow = pb.DecodingOptions(min_length=60, max_length=64, beam_size=2)
+        texts = [line.split("\t")[0] for line in reversal_pairs(24, seed=41)]
+        futures = [
+            stub.Translate.future(pb.TranslateRequest(text=t, options=slow), timeout=120)
+            for t in texts
+        ]
+        time.sleep(0.5)  # in flight: queued or decoding
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        refused = stub.Translate.future(pb.TranslateRequest(text=texts[0]), timeout=10)
+        replies = [f.result() for f in futures]  # every in-flight request completes
+        assert len(replies) == 24 and all(len(r.target_tokens) == 0 and r.text for r in replies)
+        try:
+            refused.result()
+            raise AssertionError("a request after SIGTERM was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE
+        assert server.wait(timeout=120) == 0
+        watcher.join(timeout=10)
+        assert statuses[0] == SERVING and NOT_SERVING in statuses
+    finally:
+        channel.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
