@@ -1,8 +1,11 @@
-"""SIGTERM under load, against `hanseq serve` as a process: in-flight requests complete, new
-ones are refused, health goes SERVING -> NOT_SERVING, the process exits 0."""
+"""Signals, against `hanseq serve` as a process. SIGHUP: the bundles are loaded again and the
+new version serves. SIGTERM under load: in-flight requests complete, new ones are refused,
+health goes SERVING -> NOT_SERVING, the process exits 0."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import threading
 import time
@@ -18,12 +21,24 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(service_bundle_path, tmp_path):
+def test_sighup_reloads_then_sigterm_drains_and_exits_0(service_bundle_path, tmp_path):
+    models = shutil.copytree(service_bundle_path, tmp_path / "bundle")
     port = free_port()
-    server = start_server(service_bundle_path, port, grace_period_s="60")
+    server = start_server(models, port, grace_period_s="60")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         wait_serving(channel, server)
+        stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+        manifest = json.loads((models / "bundle.json").read_text())
+        manifest["version"] = "after-sighup"
+        (models / "bundle.json").write_text(json.dumps(manifest))
+        server.send_signal(signal.SIGHUP)
+        assert _eventually(
+            lambda: (
+                {t.model_version for t in stub.ListModels(pb.ListModelsRequest()).tasks}
+                == {"after-sighup"}
+            )
+        )
         statuses: list[int] = []
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service="hanseq.v1.Seq2Seq/translate")
@@ -38,7 +53,6 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(service_bundle_path, tmp_
 
         watcher = threading.Thread(target=follow)
         watcher.start()
-        stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
         slow = pb.DecodingOptions(min_length=60, max_length=64, beam_size=2)
         texts = [line.split("\t")[0] for line in reversal_pairs(24, seed=41)]
         futures = [
@@ -64,3 +78,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(service_bundle_path, tmp_
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def _eventually(check, seconds: float = 120) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
