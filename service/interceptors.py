@@ -6,6 +6,7 @@ log, never to the caller), and one structured log line per request outcome."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -86,38 +87,35 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+@contextlib.asynccontextmanager
+async def _handled(method: str, context) -> AsyncIterator[None]:
+    """Around one RPC: request id, error -> status, the log line."""
+    outcome = _Outcome(method, context)
+    try:
+        yield
+    except asyncio.CancelledError:
+        outcome.cancelled(context)
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:
+        await outcome.fail(e, context)
+    finally:
+        outcome.close()
+
+
 def _unary(behaviour, method: str):
     async def wrapped(request, context):
-        outcome = _Outcome(method, context)
-        try:
+        async with _handled(method, context):
             return await behaviour(request, context)
-        except asyncio.CancelledError:
-            outcome.cancelled(context)
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as e:
-            await outcome.fail(e, context)
-        finally:
-            outcome.close()
 
     return wrapped
 
 
 def _stream(behaviour, method: str):
     async def wrapped(request, context) -> AsyncIterator:
-        outcome = _Outcome(method, context)
-        try:
+        async with _handled(method, context):
             async for item in behaviour(request, context):
                 yield item
-        except asyncio.CancelledError:
-            outcome.cancelled(context)
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as e:
-            await outcome.fail(e, context)
-        finally:
-            outcome.close()
 
     return wrapped
