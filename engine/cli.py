@@ -87,6 +87,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-examples", type=int, default=0, help="only the first N (0: all)")
     p.add_argument("--by-origin", action="store_true", help="also score each origin apart")
     _search_flags(p)
+    _add_export(sub)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="copy a bundle, verified, optionally with fp16 weights")
+    p.add_argument("--model", required=True, help="bundle directory to read (verified)")
+    p.add_argument("--output", required=True, help="bundle directory to write")
+    p.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +239,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.bundle import load_bundle, save_bundle
+    from engine.config import ModelConfig, from_dict
+
+    bundle = load_bundle(args.model)
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()):
+        print(f"hanseq export: error: {output} exists and is not empty", file=sys.stderr)
+        return EXIT_USAGE
+    info = {
+        k: v
+        for k, v in bundle.manifest.items()
+        if k not in ("format_version", "model", "source", "sha256")
+    }
+    info["tasks"] = {
+        t: {k: v for k, v in e.items() if k not in ("tokenizer", "files")}
+        for t, e in bundle.manifest["tasks"].items()
+    }
+    dtype = torch.float16 if args.fp16 else torch.float32
+    model_cfg = from_dict(ModelConfig, bundle.manifest["model"], "model")
+    save_bundle(output, bundle.model, model_cfg, bundle.source, bundle.targets, info, dtype)
+    load_bundle(output)  # what we wrote must load
+    size = (output / "weights.safetensors").stat().st_size / 2**20
+    print(f"wrote {output} ({size:.1f} MB of weights, {str(dtype).split('.')[-1]})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -151,3 +151,18 @@ def test_help_lists_the_commands():
     assert run.returncode == 0
     for command in ["train", "generate", "eval", "serve"]:
         assert command in run.stdout
+
+
+def test_export_fp16_halves_the_weights_and_keeps_the_metadata(toy_bundle_path, tmp_path):
+    run = hanseq(
+        "export", "--model", str(toy_bundle_path), "--output", str(tmp_path / "half"), "--fp16"
+    )
+    assert run.returncode == 0, run.stderr
+    before = json.loads((toy_bundle_path / "bundle.json").read_text())
+    after = json.loads((tmp_path / "half" / "bundle.json").read_text())
+    assert after["version"] == before["version"]
+    assert after["tasks"]["reverse"]["valid_scores"] == before["tasks"]["reverse"]["valid_scores"]
+    size = (tmp_path / "half" / "weights.safetensors").stat().st_size
+    assert size < 0.6 * (toy_bundle_path / "weights.safetensors").stat().st_size
+    again = hanseq("export", "--model", str(toy_bundle_path), "--output", str(tmp_path / "half"))
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
