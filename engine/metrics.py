@@ -15,7 +15,9 @@ from engine import korean
 
 
 def bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> float:
-    return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
+    # tokenize="none": the caller split the text itself (Korean morphemes), on purpose
+    force = tokenize == "none"
+    return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, force=force).score
 
 
 def chrf(hypotheses: list[str], references: list[str]) -> float:

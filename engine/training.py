@@ -342,12 +342,25 @@ class Trainer:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
     # ---- the bundle -------------------------------------------------------------------------
-    def _finish(self) -> Path:
+    def _final_weights(self) -> tuple[list[int], dict[str, dict[str, float]]]:
+        """Average the best checkpoints, but keep the best single one if averaging scores
+        lower (checkpoints far apart, early in training, average badly)."""
         ranked = sorted(self.history.records, key=lambda r: -r["score"])
         best = [r["step"] for r in ranked[: self.t.average_checkpoints]]
-        paths = [self.ckpt_dir / f"step-{s}.pt" for s in best]
-        self.model.load_state_dict(average_checkpoints([p for p in paths if p.is_file()]))
+        paths = [p for p in (self.ckpt_dir / f"step-{s}.pt" for s in best) if p.is_file()]
+        self.model.load_state_dict(average_checkpoints(paths))
         scores = self.validate()
+        if len(paths) > 1 and self._combined(scores) < ranked[0]["score"]:
+            tqdm.write(
+                f"averaging {best} scored {self._combined(scores):.2f} < "
+                f"{ranked[0]['score']:.2f} of step {best[0]} alone: keeping that one"
+            )
+            self.model.load_state_dict(average_checkpoints(paths[:1]))
+            best, scores = best[:1], ranked[0]["scores"]
+        return best, scores
+
+    def _finish(self) -> Path:
+        best, scores = self._final_weights()
         self._log({"event": "final", "averaged_steps": best, "scores": scores})
         files = [f for d in self.tasks.values() for f in d.files]
         info = {

@@ -61,3 +61,13 @@ def test_characters_mecab_skips_are_kept():
 def test_empty_and_blank():
     assert korean.tokenize("") == []
     assert korean.tokenize(" \t\n") == []
+
+
+def test_morphemes_match_konlpy_morphs():
+    tagger = korean._mecab()
+    for text in [
+        "아버지가 방에 들어가신다.",
+        "파일을 저장하려면 Ctrl+S 키를 누르세요.",
+        "😀 a1 ,.!",
+    ]:
+        assert korean.morphemes(text) == tagger.morphs(text)
