@@ -111,8 +111,9 @@ def _constrain(logp: Tensor, history: Tensor, step: int, opts: SearchOptions) ->
         logp[:, :EOS_ID] = NEG_INF
         logp[:, EOS_ID + 1 :] = NEG_INF
     logp[:, [PAD_ID, BOS_ID, UNK_ID]] = NEG_INF  # never shown to a person as output
-    stuck = torch.isinf(logp).all(-1)  # everything banned: ending is the only way out
-    logp[stuck, EOS_ID] = 0.0
+    if opts.no_repeat_ngram:  # only n-gram blocking can ban every token of a row
+        stuck = torch.isinf(logp).all(-1)  # then ending is the only way out
+        logp[stuck, EOS_ID] = 0.0
     return logp
 
 

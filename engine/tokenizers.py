@@ -23,6 +23,8 @@ from engine import korean
 from engine.config import ConfigurationError, TokenizerConfig
 from engine.vocabulary import Vocabulary
 
+CACHE_ENTRIES = 200_000  # morpheme -> pieces; real text repeats a few tens of thousands
+
 
 class Tokenizer(ABC):
     def __init__(self, cfg: TokenizerConfig):
@@ -94,13 +96,15 @@ class MecabTokenizer(Tokenizer):
         morphemes = korean.tokenize(text)
         if self.bpe is None:
             return morphemes
-        return [p for m in morphemes for p in self._pieces(m)]
-
-    def _pieces(self, morpheme: str) -> list[str]:
-        pieces = self._cache.get(morpheme)
-        if pieces is None:
-            pieces = self._cache[morpheme] = self.bpe.encode(morpheme)  # type: ignore[union-attr]
-        return pieces
+        cache, out = self._cache, []
+        for m in morphemes:  # a hot loop in serving: no method call per morpheme
+            pieces = cache.get(m)
+            if pieces is None:
+                if len(cache) >= CACHE_ENTRIES:  # hostile input must not grow it forever
+                    cache.clear()
+                pieces = cache[m] = self.bpe.encode(m)
+            out.extend(pieces)
+        return out
 
     def detokenize(self, tokens: list[str]) -> str:
         if self.bpe is None:

@@ -102,3 +102,16 @@ def test_format_version_and_bad_json(copy):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="bundle.json: not found"):
         load_bundle(tmp_path)
+
+
+def test_the_shipped_models_load_and_serve_every_task():
+    """What `make serve` serves: verified, loadable, three heads that answer."""
+    from service.workers import find_bundles
+    from tests.conftest import REPO
+
+    (path,) = find_bundles(REPO / "models")
+    bundle = load_bundle(path)
+    assert set(bundle.tasks) == {"translate", "respond", "summarize"}
+    pipeline = Pipeline.from_bundle(bundle)
+    for task in bundle.tasks:
+        assert pipeline.generate(task, ["파일을 열 수 없습니다."])[0].text
