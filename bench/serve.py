@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,14 +58,18 @@ def start_server(model: str, port: int, threads: int, max_batch: int) -> subproc
     )
 
 
-async def wait_ready(stub, seconds: float = 300) -> None:
+async def wait_ready(channel, seconds: float = 300) -> None:
+    """Until the health service says SERVING (the models are loaded and warm)."""
+    health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            await stub.ListModels(pb.ListModelsRequest(), timeout=1)
-            return
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
         except grpc.aio.AioRpcError:
-            await asyncio.sleep(0.5)
+            pass
+        await asyncio.sleep(0.5)
     raise RuntimeError("server did not start")
 
 
@@ -96,7 +101,7 @@ async def measure(model, task, texts, threads, max_batch, levels, per_client, re
     stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
     rows = {}
     try:
-        await wait_ready(stub)
+        await wait_ready(channel)
         await closed_loop(stub, task, texts, 8, 64)  # warm-up
         for clients in levels:
             runs = [
@@ -115,22 +120,27 @@ async def measure(model, task, texts, threads, max_batch, levels, per_client, re
 
 
 def offline_rate(
-    model: str, task: str, texts: list[str], batch: int, threads: int, repeats: int
+    model: str, task: str, texts: list[str], batch: float, threads: int, repeats: int
 ) -> float:
+    """The engine alone on the same inputs in the same arrival-order batches the server
+    forms (a batch is sorted within itself, as a worker does; never across batches)."""
     import torch
 
     torch.set_num_threads(threads)
     bundle = load_bundle(model)
-    pipeline = Pipeline.from_bundle(bundle, batch_size=max(1, round(batch)))
+    size = max(1, round(batch))
+    pipeline = Pipeline.from_bundle(bundle, batch_size=size)
     pipeline.warn_truncated = False
-    sample = texts[: max(256, round(batch) * 8)]
+    sample = texts[: max(256, size * 8)]
+    chunks = [sample[i : i + size] for i in range(0, len(sample), size)]
     # the server's default for a request that sets no max_length
     opts = SearchOptions(max_length=min(bundle.manifest.get("max_target_length", 100), 256))
     pipeline.generate(task, sample[:32], opts)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        pipeline.generate(task, sample, opts)
+        for chunk in chunks:
+            pipeline.generate(task, chunk, opts)
         times.append(time.perf_counter() - started)
     return len(sample) / statistics.median(times)
 

@@ -93,6 +93,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         )
 
     async def ListModels(self, request, context):
+        self._not_ready()  # an empty list while loading would read as "serves nothing"
         return pb.ListModelsResponse(tasks=self._task_infos(), limits=self._limits())
 
     async def ReloadModels(self, request, context):

@@ -59,7 +59,10 @@ def worker_main(
     except Exception as e:  # report why, then exit: the parent decides what to do
         conn.send(("fatal", f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", runner.describe()))
+    try:
+        conn.send(("ready", runner.describe()))
+    except OSError:  # the server stopped while we loaded
+        return
     while True:
         try:
             message = conn.recv()

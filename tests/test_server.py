@@ -383,6 +383,8 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
         await app.stop()  # draining: NOT_SERVING, then nothing is accepted
         code, _ = await code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[0])))
         assert code == CODE.UNAVAILABLE
+        code, _ = await code_of(stub.ListModels(pb.ListModelsRequest()))
+        assert code == CODE.UNAVAILABLE
     finally:
         await channel.close()
         await app.stop()
