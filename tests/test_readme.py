@@ -22,9 +22,9 @@ def blocks(language: str) -> list[str]:
 
 
 def commands() -> list[str]:
-    """Shell examples that use a bundle (generate / eval), continuation lines joined."""
+    """Shell examples that use a bundle (generate / eval / export), lines joined."""
     text = "\n".join(blocks("sh")).replace("\\\n", " ")
-    return [line for line in text.splitlines() if re.search(r"hanseq (generate|eval)", line)]
+    return [line for line in text.splitlines() if re.search(r"hanseq (generate|eval|export)", line)]
 
 
 def on_toy(text: str, bundle: Path, corpus: Path) -> str:
@@ -39,7 +39,8 @@ def test_readme_names_the_two_set_up_commands():
 
 
 @pytest.mark.parametrize("command", commands())
-def test_shell_example_runs(command, toy_bundle_path, toy_corpus):
+def test_shell_example_runs(command, toy_bundle_path, toy_corpus, tmp_path):
+    command = command.replace("/tmp/hanseq-small-fp16", str(tmp_path / "exported"))
     run = subprocess.run(
         ["bash", "-c", "set -o pipefail; " + on_toy(command, toy_bundle_path, toy_corpus)],
         capture_output=True,
@@ -84,4 +85,4 @@ def test_service_python_example_runs(service_bundle_path):
 
 
 def test_there_are_examples_to_run():
-    assert len(commands()) >= 4
+    assert len(commands()) >= 5

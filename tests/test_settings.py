@@ -15,7 +15,7 @@ from service.settings import FIELDS, REPO_MODELS, env_name, load_settings
 def test_defaults_serve_the_shipped_models_on_loopback():
     s = load_settings(env={})
     assert (s.host, s.port, s.devices, s.max_batch_size) == ("127.0.0.1", 50051, "auto", 64)
-    assert s.models_path() == REPO_MODELS
+    assert s.models_path().resolve() == REPO_MODELS.resolve()
     assert s.device_list() == ["cpu"]  # no GPU on the machines that run the tests
 
 
