@@ -41,3 +41,9 @@ class DeadlineExceeded(ServiceError):
 
 class Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
+
+
+class Unimplemented(ServiceError):
+    """A task the loaded bundles do not have, asked for by its own RPC (Summarize, ...)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED

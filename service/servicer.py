@@ -9,21 +9,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
-
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from service.batcher import Batcher, Outcome, Request
-from service.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+from service.errors import DeadlineExceeded, InvalidArgument, Unavailable, Unimplemented
 from service.pool import WorkerPool
 from service.settings import Settings
 
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 _DONE = object()
-
-
-class Unimplemented(ServiceError):
-    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
