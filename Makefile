@@ -20,11 +20,13 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check engine service tests bench
 	$(BIN)/ruff format --check engine service tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine service tests bench
 	$(BIN)/ruff format --check engine service tests bench
+	$(BIN)/mypy
 
 install: $(STAMP)
 

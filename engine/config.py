@@ -143,7 +143,7 @@ def from_dict(cls: type, raw: Any, where: str) -> Any:
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

@@ -188,8 +188,8 @@ class BatchStream:
     def _make_pool(self, number: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.rank, number])
         size = self.batch_size * self.POOL_BATCHES
-        picks = rng.choice(len(self.probs), size=size, p=self.probs)
-        picks = sorted(picks.tolist(), key=lambda i: len(self.data.sources[i]))
+        drawn = rng.choice(len(self.probs), size=size, p=self.probs).tolist()
+        picks = sorted(drawn, key=lambda i: len(self.data.sources[i]))
         batches = [picks[i : i + self.batch_size] for i in range(0, size, self.batch_size)]
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]

@@ -43,13 +43,13 @@ class DecoderState:
     feed: Tensor  # batch x output_size: the last attentional vector (input feeding)
 
     def index_select(self, index: Tensor) -> DecoderState:
-        h = self.hidden
-        h = (
-            tuple(x.index_select(1, index) for x in h)
-            if isinstance(h, tuple)
-            else h.index_select(1, index)
-        )
-        return DecoderState(h, self.feed.index_select(0, index))  # type: ignore[arg-type]
+        hidden: Hidden
+        if isinstance(self.hidden, tuple):
+            h, c = self.hidden
+            hidden = (h.index_select(1, index), c.index_select(1, index))
+        else:
+            hidden = self.hidden.index_select(1, index)
+        return DecoderState(hidden, self.feed.index_select(0, index))
 
 
 class RecurrentDecoder(nn.Module):
@@ -79,9 +79,10 @@ class RecurrentDecoder(nn.Module):
         mask = enc.mask.unsqueeze(-1).to(enc.states.dtype)
         summary = (enc.states * mask).sum(1) / mask.sum(1).clamp(min=1)
         memory = Memory(enc.states, self.attention.project_keys(enc.states), enc.mask, summary)
-        hidden: Hidden = self._layers(torch.tanh(self.bridge(enc.final)))
+        h0 = self._layers(torch.tanh(self.bridge(enc.final)))
+        hidden: Hidden = h0
         if self.bridge_cell is not None and enc.final_cell is not None:
-            hidden = (hidden, self._layers(torch.tanh(self.bridge_cell(enc.final_cell))))
+            hidden = (h0, self._layers(torch.tanh(self.bridge_cell(enc.final_cell))))
         feed = enc.states.new_zeros(enc.states.size(0), self.output_size)
         return memory, DecoderState(hidden, feed)
 

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -270,7 +271,7 @@ class Trainer:
         if not self.ctx.is_main:
             return False
         scores = self.validate()
-        record = {
+        record: dict[str, Any] = {
             "event": "validation",
             "step": self.step,
             "score": self._combined(scores),

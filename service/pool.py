@@ -21,7 +21,7 @@ MONITOR_INTERVAL_S = 0.5
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, on_change: Callable[[], None] = lambda: None):
+    def __init__(self, settings: Settings, on_change: Callable[[], object] = lambda: None):
         self.settings = settings
         self.on_change = on_change
         self.generation = 0

@@ -74,7 +74,7 @@ def env_name(name: str) -> str:
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
-    kind = type(FIELDS[name].default)
+    kind: Any = type(FIELDS[name].default)
     try:
         if kind is bool and isinstance(value, str):
             lowered = value.strip().lower()
