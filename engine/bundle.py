@@ -44,8 +44,8 @@ class Side:
         return {"tokenizer": dataclasses.asdict(self.tokenizer.cfg), "files": files}
 
     @classmethod
-    def load(cls, directory: Path, stem: str, entry: dict[str, Any]) -> Side:
-        tokenizer = build_tokenizer(from_dict(TokenizerConfig, entry["tokenizer"], stem))
+    def load(cls, directory: Path, stem: str, cfg: TokenizerConfig) -> Side:
+        tokenizer = build_tokenizer(cfg)
         tokenizer.load(directory, stem)
         return cls(tokenizer, Vocabulary.load(directory / f"{stem}.vocab"))
 
@@ -55,6 +55,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     model: Seq2Seq
+    model_cfg: ModelConfig
     source: Side
     targets: dict[str, Side]
 
@@ -117,15 +118,22 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
     try:
-        source = Side.load(directory, "source", manifest["source"])
-        targets = {t: Side.load(directory, f"target.{t}", e) for t, e in manifest["tasks"].items()}
+        source = Side.load(directory, "source", _tokenizer_cfg(manifest["source"], "source"))
+        targets = {
+            t: Side.load(directory, f"target.{t}", _tokenizer_cfg(e, t))
+            for t, e in manifest["tasks"].items()
+        }
         model_cfg = from_dict(ModelConfig, manifest["model"], "model")
     except (KeyError, ValueError, OSError) as e:
         raise BundleError(f"{directory / MANIFEST}: inconsistent bundle: {e}") from None
     model = build_model(model_cfg, len(source.vocab), {t: len(s.vocab) for t, s in targets.items()})
     _load_weights(model, directory / WEIGHTS)
     model.to(device).eval()
-    return Bundle(directory, manifest, model, source, targets)
+    return Bundle(directory, manifest, model, model_cfg, source, targets)
+
+
+def _tokenizer_cfg(entry: dict[str, Any], where: str) -> TokenizerConfig:
+    return from_dict(TokenizerConfig, entry["tokenizer"], where)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -243,7 +243,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from engine.bundle import load_bundle, save_bundle
-    from engine.config import ModelConfig, from_dict
 
     bundle = load_bundle(args.model)
     output = Path(args.output)
@@ -260,8 +259,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         for t, e in bundle.manifest["tasks"].items()
     }
     dtype = torch.float16 if args.fp16 else torch.float32
-    model_cfg = from_dict(ModelConfig, bundle.manifest["model"], "model")
-    save_bundle(output, bundle.model, model_cfg, bundle.source, bundle.targets, info, dtype)
+    save_bundle(output, bundle.model, bundle.model_cfg, bundle.source, bundle.targets, info, dtype)
     load_bundle(output)  # what we wrote must load
     size = (output / "weights.safetensors").stat().st_size / 2**20
     print(f"wrote {output} ({size:.1f} MB of weights, {str(dtype).split('.')[-1]})")

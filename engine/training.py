@@ -32,7 +32,7 @@ from engine.pipeline import Pipeline
 from engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from engine.search import SearchOptions
 from engine.tokenizers import build_tokenizer
-from engine.vocabulary import PAD_ID, Vocabulary
+from engine.vocabulary import PAD_ID
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +151,9 @@ class Trainer:
                 Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
             done.touch()
         dist_utils.barrier(self.ctx)
-        source = self._load_side(vocab_dir, "source", self.cfg.source)
-        targets = {
-            t: self._load_side(vocab_dir, f"target.{t}", self.cfg.tasks[t].target) for t in raw
-        }
+        source = Side.load(vocab_dir, "source", self.cfg.source)
+        targets = {t: Side.load(vocab_dir, f"target.{t}", self.cfg.tasks[t].target) for t in raw}
         return source, targets
-
-    @staticmethod
-    def _load_side(directory: Path, stem: str, tok_cfg) -> Side:
-        tok = build_tokenizer(tok_cfg)
-        tok.load(directory, stem)
-        return Side(tok, Vocabulary.load(directory / f"{stem}.vocab"))
 
     # ---- loop -----------------------------------------------------------------------------
     def run(self, resume: bool) -> Path:

@@ -163,7 +163,7 @@ class Batcher:
 
     async def _execute(self, worker: Worker, task: str, batch: list[Request]) -> None:
         started = time.monotonic()
-        seq = worker.seq + 1  # the number Worker.run gives this batch
+        seq = worker.begin()
         for row, request in enumerate(batch):
             request._worker, request._seq, request._row = worker, seq, row
 
@@ -175,8 +175,8 @@ class Batcher:
 
         stream_rows = [i for i, r in enumerate(batch) if r.on_partial]
         try:
-            _, results, compute_ms = await worker.run(
-                task, [r.text for r in batch], batch[0].options, stream_rows, on_partial
+            results, compute_ms = await worker.run(
+                seq, task, [r.text for r in batch], batch[0].options, stream_rows, on_partial
             )
         except ServiceError as e:  # the worker died: these requests may be retried
             for request in batch:

@@ -80,8 +80,7 @@ async def create_app(settings: Settings) -> App:
     pool = WorkerPool(settings)
     batcher = Batcher(pool, settings)
     health = HealthServicer()
-    app_ref: dict[str, App] = {}
-    servicer = Seq2SeqServicer(settings, pool, batcher, lambda: app_ref["app"].reload())
+    servicer = Seq2SeqServicer(settings, pool, batcher)
     hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:
@@ -94,7 +93,8 @@ async def create_app(settings: Settings) -> App:
             server,
         )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    app = app_ref["app"] = App(settings, server, port, pool, batcher, servicer, health)
+    app = App(settings, server, port, pool, batcher, servicer, health)
+    servicer.reload = app.reload
     for name in health_names([]):
         await health.set(name, NOT_SERVING)
     await server.start()

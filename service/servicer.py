@@ -21,15 +21,10 @@ _DONE = object()
 
 
 class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
-    def __init__(
-        self,
-        settings: Settings,
-        pool: WorkerPool,
-        batcher: Batcher,
-        reload: Callable[[], Awaitable[Any]],
-    ):
-        self.settings, self.pool, self.batcher, self._reload = settings, pool, batcher, reload
+    def __init__(self, settings: Settings, pool: WorkerPool, batcher: Batcher):
+        self.settings, self.pool, self.batcher = settings, pool, batcher
         self.ready = False  # set by the server once the workers are warm
+        self.reload: Callable[[], Awaitable[Any]] | None = None  # set by the server
 
     # ---- the RPCs -------------------------------------------------------------------------
     async def Translate(self, request, context):
@@ -91,7 +86,9 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         return pb.ListModelsResponse(tasks=self._task_infos(), limits=self._limits())
 
     async def ReloadModels(self, request, context):
-        await self._reload()
+        if self.reload is None:
+            raise Unavailable("this server cannot reload its models")
+        await self.reload()
         return pb.ReloadModelsResponse(tasks=self._task_infos())
 
     # ---- helpers ----------------------------------------------------------------------------

@@ -241,17 +241,22 @@ class Worker:
         except (EOFError, OSError):
             raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died") from None
 
+    def begin(self) -> int:
+        """The number of the next batch: cancellations name it, so a late one misses."""
+        self.seq += 1
+        return self.seq
+
     async def run(
         self,
+        seq: int,
         task: str,
         texts: list[str],
         options: dict[str, Any],
         stream_rows: list[int],
         on_partial: Callable[[int, str], None],
-    ) -> tuple[int, list[dict[str, Any]], float]:
-        """-> (seq, one result per text, compute ms). Raises WorkerDied."""
-        self.seq += 1
-        seq = self.seq
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Decode batch ``seq`` (from ``begin``) -> (one result per text, compute ms).
+        Raises WorkerDied."""
         loop = asyncio.get_running_loop()
 
         def roundtrip() -> tuple[list[dict[str, Any]], float]:
@@ -266,8 +271,7 @@ class Worker:
                 elif message[0] == "result" and message[1] == seq:
                     return message[2], message[3]
 
-        results, compute_ms = await loop.run_in_executor(self._io, roundtrip)
-        return seq, results, compute_ms
+        return await loop.run_in_executor(self._io, roundtrip)
 
     def cancel_row(self, seq: int, row: int) -> None:
         if 0 <= row < len(self.cancel):

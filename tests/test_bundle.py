@@ -39,7 +39,7 @@ def test_save_then_load_gives_identical_outputs(toy_bundle, tmp_path):
     again = save_bundle(
         tmp_path / "re",
         toy_bundle.model,
-        _model_cfg(toy_bundle),
+        toy_bundle.model_cfg,
         toy_bundle.source,
         toy_bundle.targets,
         {"id": "toy", "version": "2"},
@@ -47,17 +47,11 @@ def test_save_then_load_gives_identical_outputs(toy_bundle, tmp_path):
     assert outputs(load_bundle(again)) == outputs(toy_bundle)
 
 
-def _model_cfg(bundle):
-    from engine.config import ModelConfig, from_dict
-
-    return from_dict(ModelConfig, bundle.manifest["model"], "model")
-
-
 def test_fp16_storage_halves_the_weights_and_keeps_outputs(toy_bundle, tmp_path):
     half = save_bundle(
         tmp_path / "half",
         toy_bundle.model,
-        _model_cfg(toy_bundle),
+        toy_bundle.model_cfg,
         toy_bundle.source,
         toy_bundle.targets,
         {"id": "toy", "version": "h"},
