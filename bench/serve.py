@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.bundle import load_bundle  # noqa: E402
 from engine.data import read_tsv  # noqa: E402
+from engine.options import SearchOptions  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
-from engine.search import SearchOptions  # noqa: E402
 from hanseq.v1 import hanseq_pb2 as pb  # noqa: E402
 from hanseq.v1 import hanseq_pb2_grpc  # noqa: E402
 

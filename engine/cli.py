@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from engine.bundle import BundleError
     from engine.data import DataError
+    from engine.options import InvalidOptions
     from engine.pipeline import UnknownTask
-    from engine.search import InvalidOptions
 
     try:
         return COMMANDS[args.command](args)
@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace, max_length: int):
-    from engine.search import SearchOptions
+    from engine.options import SearchOptions
 
     return SearchOptions(
         beam_size=args.beam,

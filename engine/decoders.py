@@ -36,6 +36,38 @@ class Memory:
             *(t.index_select(0, index) for t in (self.values, self.keys, self.mask, self.summary))
         )
 
+    def width(self, width: int) -> Memory:
+        """Padded (or cut) to ``width`` source positions; cut only past every row's end."""
+        extra = width - self.values.size(1)
+        if extra == 0:
+            return self
+        if extra < 0:
+            return Memory(
+                self.values[:, :width], self.keys[:, :width], self.mask[:, :width], self.summary
+            )
+        return Memory(
+            F.pad(self.values, (0, 0, 0, extra)),
+            F.pad(self.keys, (0, 0, 0, extra)),
+            F.pad(self.mask, (0, extra)),
+            self.summary,
+        )
+
+    @staticmethod
+    def cat(a: Memory, b: Memory) -> Memory:
+        """Rows of ``a`` then rows of ``b``, padded to the wider of the two."""
+        width = max(a.values.size(1), b.values.size(1))
+        a, b = a.width(width), b.width(width)
+        return Memory(
+            *(
+                torch.cat(pair)
+                for pair in zip(
+                    (a.values, a.keys, a.mask, a.summary),
+                    (b.values, b.keys, b.mask, b.summary),
+                    strict=True,
+                )
+            )
+        )
+
 
 @dataclass
 class DecoderState:
@@ -50,6 +82,18 @@ class DecoderState:
         else:
             hidden = self.hidden.index_select(1, index)
         return DecoderState(hidden, self.feed.index_select(0, index))
+
+    @staticmethod
+    def cat(a: DecoderState, b: DecoderState) -> DecoderState:
+        hidden: Hidden
+        if isinstance(a.hidden, tuple) and isinstance(b.hidden, tuple):
+            hidden = (
+                torch.cat([a.hidden[0], b.hidden[0]], 1),
+                torch.cat([a.hidden[1], b.hidden[1]], 1),
+            )
+        else:
+            hidden = torch.cat([a.hidden, b.hidden], 1)  # type: ignore[list-item]
+        return DecoderState(hidden, torch.cat([a.feed, b.feed]))
 
 
 class RecurrentDecoder(nn.Module):

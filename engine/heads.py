@@ -20,15 +20,40 @@ class TaskHead(nn.Module):
         if cfg.tie_embeddings:  # sizes match by construction: output_size == embedding_dim
             self.generator.weight = self.decoder.embed.weight
 
+        self._packed: tuple[tuple, Tensor, Tensor] | None = None  # see _inference_logits
+
     def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
         return self.decoder.prepare(enc)
 
     def step(
         self, prev: Tensor, state: DecoderState, memory: Memory
     ) -> tuple[Tensor, DecoderState, Tensor]:
-        """-> logits (batch x vocab), new state, attention (batch x src_len)."""
+        """-> logits (batch x vocab), new state, attention (batch x src_len).
+
+        Without gradients the logits may have a few extra columns past the vocabulary, at
+        -inf: they never win and add nothing to a softmax."""
         vector, state, weights = self.decoder.step(prev, state, memory)
-        return self.generator(vector), state, weights
+        if torch.is_grad_enabled():
+            return self.generator(vector), state, weights
+        return self._inference_logits(vector), state, weights
+
+    def _inference_logits(self, vector: Tensor) -> Tensor:
+        """The generator as one addmm on a transposed weight padded to a multiple of 16
+        columns: measured on this project's CPU at batch 64, a vocabulary of 8,003 took 43%
+        longer than 8,016, and the transposed layout another 16% off. Rebuilt whenever the
+        weights change (validation runs between training steps)."""
+        weight, bias = self.generator.weight, self.generator.bias
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._packed is None or self._packed[0] != key:
+            vocab = weight.size(0)
+            padded = -(-vocab // 16) * 16
+            wt = weight.new_zeros(weight.size(1), padded)
+            wt[:, :vocab] = weight.t()
+            b = weight.new_full((padded,), float("-inf"))
+            b[:vocab] = bias if bias is not None else 0.0
+            self._packed = (key, wt, b)
+        _, wt, b = self._packed
+        return torch.addmm(b, vector, wt)
 
 
 class Seq2Seq(nn.Module):

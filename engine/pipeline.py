@@ -6,17 +6,21 @@ The one entry point the CLI, validation during training and the service's worker
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.bundle import Bundle, Side
+from engine.continuous import RunningBatch
 from engine.heads import Seq2Seq
-from engine.search import Hypothesis, SearchHooks, SearchOptions, search
+from engine.options import Hypothesis, SearchOptions
+from engine.search import SearchHooks, search
 from engine.vocabulary import EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
+StepHook = Callable[[list[int], list[int]], None]
 
 
 class UnknownTask(ValueError):
@@ -86,68 +90,92 @@ class Pipeline:
         opts = opts or SearchOptions()
         opts.validate()
         sources = [self.source.tokenizer.tokenize(t) for t in texts]
-        results: list[Generation | None] = [None] * len(texts)
         order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            hooks = _chunk_hooks(chunk, target, cancelled, on_partial)
-            batch = [sources[i] for i in chunk]
-            generations = self._generate_batch(task, target, batch, opts, hooks)
-            for i, gen in zip(chunk, generations, strict=True):
-                results[i] = gen
+        results: dict[int, Generation] = {}
+        decode = self._running if opts.beam_size == 1 else self._static
+        for i, hyps in decode(task, sources, order, opts, cancelled, on_partial):
+            results[i] = self._result(target, sources[i], hyps)
             if progress:
-                progress(len(chunk))
-        truncated = sum(1 for r in results if r and r.truncated)
+                progress(1)
+        truncated = sum(1 for r in results.values() if r.truncated)
         if truncated and self.warn_truncated:
             log.warning(
                 "%d input(s) longer than %d tokens were truncated",
                 truncated,
                 self.max_source_length,
             )
-        return [r if r is not None else Generation("", 0.0) for r in results]
+        return [results.get(i, Generation("", 0.0)) for i in range(len(texts))]
 
-    def _generate_batch(
+    def _running(
         self,
         task: str,
-        target: Side,
         sources: list[list[str]],
+        order: list[int],
         opts: SearchOptions,
-        hooks: SearchHooks | None = None,
-    ) -> list[Generation]:
-        limit = self.max_source_length - 1  # room for EOS
-        kept = [s[:limit] for s in sources]
-        src, src_len = self.encode_sources(kept)
-        nbest = search(self.model, task, src, src_len, opts, hooks)
-        return [
-            self._result(target, s, hyps, len(orig) > limit)
-            for s, orig, hyps in zip(kept, sources, nbest, strict=True)
-        ]
+        cancelled: Callable[[], Sequence[bool]] | None,
+        on_partial: Callable[[int, str], None] | None,
+    ) -> Iterator[tuple[int, list[Hypothesis]]]:
+        """Greedy / sampling with continuous batching: up to ``batch_size`` rows decode at
+        once, and inputs (shortest first) join as rows finish, in groups of at least an
+        eighth of the batch so that the encoder still runs batched."""
+        running = RunningBatch(self.model, task, opts)
+        pending = deque(reversed(order))
+        group = max(1, self.batch_size // 4)
+        on_step = _partials(self.targets[task], on_partial) if on_partial else None
+        while pending or running:
+            free = self.batch_size - len(running)
+            if pending and free >= min(group, len(pending)):
+                joining = [pending.popleft() for _ in range(min(free, len(pending)))]
+                running.join(*self.encode_sources([sources[i] for i in joining]), joining)
+            if cancelled is not None:
+                flags = cancelled()
+                running.cancel(k for k in running.keys if flags[k])
+            for done in running.step(on_step):
+                yield done.key, [done.hypothesis]
+
+    def _static(
+        self,
+        task: str,
+        sources: list[list[str]],
+        order: list[int],
+        opts: SearchOptions,
+        cancelled: Callable[[], Sequence[bool]] | None,
+        on_partial: Callable[[int, str], None] | None,
+    ) -> Iterator[tuple[int, list[Hypothesis]]]:
+        """Beam search, ``batch_size`` inputs at a time (shortest first)."""
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            hooks = SearchHooks(_flags(cancelled, chunk)) if cancelled is not None else None
+            src, src_len = self.encode_sources([sources[i] for i in chunk])
+            nbest = search(self.model, task, src, src_len, opts, hooks)
+            yield from zip(chunk, nbest, strict=True)
 
     def encode_sources(self, sources: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token lists -> padded ids (batch x max_len, EOS-terminated) and lengths."""
-        ids = [self.source.vocab.encode(s) + [EOS_ID] for s in sources]
+        """Token lists -> padded ids (batch x max_len, EOS-terminated) and lengths; a list
+        longer than ``max_source_length`` is cut to fit."""
+        limit = self.max_source_length - 1  # room for EOS
+        ids = [self.source.vocab.encode(s[:limit]) + [EOS_ID] for s in sources]
         src_len = torch.tensor([len(x) for x in ids])
         src = torch.full((len(ids), int(src_len.max())), PAD_ID, dtype=torch.long)
         for row, x in enumerate(ids):
             src[row, : len(x)] = torch.tensor(x)
         return src.to(self.device), src_len.to(self.device)
 
-    def _result(
-        self, target: Side, source: list[str], hyps: list[Hypothesis], truncated: bool
-    ) -> Generation:
+    def _result(self, target: Side, source: list[str], hyps: list[Hypothesis]) -> Generation:
         best = hyps[0]
         tokens = target.vocab.decode(best.tokens)
+        kept = source[: self.max_source_length - 1]
         attention = None
         if best.attention is not None:
-            attention = best.attention[:, : len(source) + 1].tolist()
+            attention = best.attention[:, : len(kept) + 1].tolist()
         return Generation(
             text=target.tokenizer.detokenize(tokens),
             score=best.score,
             tokens=tokens,
-            source_tokens=source,
+            source_tokens=kept,
             alternatives=[(self._text(target, h), h.score) for h in hyps[1:]],
             attention=attention,
-            truncated=truncated,
+            truncated=len(kept) < len(source),
         )
 
     @staticmethod
@@ -155,27 +183,20 @@ class Pipeline:
         return target.tokenizer.detokenize(target.vocab.decode(hyp.tokens))
 
 
-def _chunk_hooks(
-    chunk: list[int],
-    target: Side,
-    cancelled: Callable[[], Sequence[bool]] | None,
-    on_partial: Callable[[int, str], None] | None,
-) -> SearchHooks | None:
-    """Search hooks for one batch, whose row r is input ``chunk[r]``."""
-    if cancelled is None and on_partial is None:
-        return None
-    hooks = SearchHooks()
-    if cancelled is not None:
-        hooks.cancelled = lambda: torch.tensor([bool(cancelled()[i]) for i in chunk])
-    if on_partial is not None:
-        so_far: dict[int, list[int]] = {i: [] for i in chunk}
+def _flags(cancelled: Callable[[], Sequence[bool]], chunk: list[int]) -> Callable[[], torch.Tensor]:
+    """The cancel flags of one beam batch, whose row r is input ``chunk[r]``."""
+    return lambda: torch.tensor([bool(cancelled()[i]) for i in chunk])
 
-        def step(rows: torch.Tensor, tokens: torch.Tensor) -> None:
-            for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
-                if token != EOS_ID:
-                    ids = so_far[chunk[row]]
-                    ids.append(token)
-                    on_partial(chunk[row], target.tokenizer.detokenize(target.vocab.decode(ids)))
 
-        hooks.on_step = step
-    return hooks
+def _partials(target: Side, on_partial: Callable[[int, str], None]) -> StepHook:
+    """A step hook that reports each input's text so far (as ids grow, detokenized)."""
+    so_far: dict[int, list[int]] = {}
+
+    def step(keys: list[int], tokens: list[int]) -> None:
+        for key, token in zip(keys, tokens, strict=True):
+            if token != EOS_ID:
+                ids = so_far.setdefault(key, [])
+                ids.append(token)
+                on_partial(key, target.tokenizer.detokenize(target.vocab.decode(ids)))
+
+    return step

@@ -1,8 +1,8 @@
 """Decoding: batched greedy, beam search and sampling over one task head.
 
-The encoder runs once per batch. Scores are summed log-probabilities (EOS included) divided by
-the GNMT length penalty ``((5 + length) / 6) ** alpha``; alpha 0 leaves them raw. Beam size 1
-is greedy. Attention weights (target step x source position) come back when asked for.
+The encoder runs once per batch. Beam size 1 is greedy (or sampling), decoded by a
+RunningBatch (engine/continuous.py) that every input joins at once. Attention weights (target
+step x source position) come back when asked for.
 """
 
 from __future__ import annotations
@@ -13,59 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.constraints import NEG_INF, constrain
+from engine.continuous import RunningBatch
 from engine.decoders import DecoderState, Memory
 from engine.heads import Seq2Seq, TaskHead
-from engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from engine.options import Hypothesis, InvalidOptions, SearchOptions, length_penalty
+from engine.vocabulary import BOS_ID, EOS_ID
 
-NEG_INF = float("-inf")
-
-
-class InvalidOptions(ValueError):
-    """A decoding option is out of range; the message names it and its limit."""
-
-
-@dataclass
-class SearchOptions:
-    beam_size: int = 1
-    n_best: int = 1
-    max_length: int = 100  # generated tokens, EOS included
-    min_length: int = 0  # EOS is forbidden before this many tokens
-    length_penalty: float = 0.0  # alpha of the GNMT penalty; 0 = raw log-probability
-    no_repeat_ngram: int = 0  # > 0: never repeat an n-gram of this size
-    sampling: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-    top_p: float = 1.0  # 1.0 = no nucleus filter
-    seed: int | None = None  # sampling; every row of a batch uses its own generator
-    return_attention: bool = False
-
-    def validate(self) -> None:
-        """Raise InvalidOptions naming the field and its limit."""
-        checks = [
-            (self.beam_size >= 1, "beam_size must be >= 1"),
-            (1 <= self.n_best <= self.beam_size, "n_best must be between 1 and beam_size"),
-            (self.max_length >= 1, "max_length must be >= 1"),
-            (0 <= self.min_length < self.max_length, "min_length must be in [0, max_length)"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.no_repeat_ngram >= 0, "no_repeat_ngram must be >= 0"),
-            (not (self.sampling and self.beam_size > 1), "sampling needs beam_size 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidOptions(message)
-
-
-@dataclass
-class Hypothesis:
-    tokens: list[int]  # target ids, without BOS and EOS
-    score: float
-    attention: Tensor | None = None  # (len(tokens) + 1) x src_len, the EOS step included
-
-
-def length_penalty(length: int, alpha: float) -> float:
-    return ((5.0 + length) / 6.0) ** alpha if alpha else 1.0
+__all__ = ["Hypothesis", "InvalidOptions", "SearchHooks", "SearchOptions", "search"]
 
 
 @dataclass
@@ -75,7 +30,7 @@ class SearchHooks:
     # -> bool tensor, one per input row: True = the caller is gone, stop decoding that row.
     cancelled: Callable[[], Tensor] | None = None
     # (input rows still decoding, the token each just produced); greedy and sampling only.
-    on_step: Callable[[Tensor, Tensor], None] | None = None
+    on_step: Callable[[list[int], list[int]], None] | None = None
 
 
 @torch.inference_mode()
@@ -93,111 +48,27 @@ def search(
     compacted), so it costs nothing in the steps after. A cancelled row's result is partial.
     """
     opts.validate()
-    head = model.head(task)
-    memory, state = head.prepare(model.encode(src, src_len))
     hooks = hooks or SearchHooks()
     if opts.beam_size == 1:
-        return _greedy_or_sample(head, memory, state, opts, hooks)
+        return _greedy_or_sample(model, task, src, src_len, opts, hooks)
+    head = model.head(task)
+    memory, state = head.prepare(model.encode(src, src_len))
     return _beam(head, memory, state, opts, hooks)
 
 
-def _constrain(logp: Tensor, history: Tensor, step: int, opts: SearchOptions) -> Tensor:
-    """Apply min/max length and n-gram blocking to batch x vocab log-probs."""
-    if step < opts.min_length:
-        logp[:, EOS_ID] = NEG_INF
-    if opts.no_repeat_ngram and history.size(1) >= opts.no_repeat_ngram:
-        _ban_repeats(logp, history, opts.no_repeat_ngram)
-    if step == opts.max_length - 1:  # the last step can only end the sentence
-        logp[:, :EOS_ID] = NEG_INF
-        logp[:, EOS_ID + 1 :] = NEG_INF
-    logp[:, [PAD_ID, BOS_ID, UNK_ID]] = NEG_INF  # never shown to a person as output
-    if opts.no_repeat_ngram:  # only n-gram blocking can ban every token of a row
-        stuck = torch.isinf(logp).all(-1)  # then ending is the only way out
-        logp[stuck, EOS_ID] = 0.0
-    return logp
-
-
-def _ban_repeats(logp: Tensor, history: Tensor, n: int) -> None:
-    """Forbid every token that would complete an n-gram already in ``history`` (rows x t)."""
-    grams = history.unfold(1, n, 1)  # rows x (t - n + 1) x n
-    prefix = history[:, history.size(1) - (n - 1) :]  # rows x (n - 1)
-    match = (grams[:, :, : n - 1] == prefix.unsqueeze(1)).all(-1)  # rows x (t - n + 1)
-    rows, where = match.nonzero(as_tuple=True)
-    logp[rows, grams[rows, where, n - 1]] = NEG_INF
-
-
 def _greedy_or_sample(
-    head: TaskHead, memory: Memory, state: DecoderState, opts: SearchOptions, hooks: SearchHooks
+    model: Seq2Seq, task: str, src: Tensor, src_len: Tensor, opts: SearchOptions, hooks: SearchHooks
 ) -> list[list[Hypothesis]]:
-    batch, src_len = memory.values.shape[:2]
-    device = memory.values.device
-    rows = torch.arange(batch, device=device)  # input row of each live row
-    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
-    scores = torch.zeros(batch, device=device)
-    out = torch.full((batch, opts.max_length), PAD_ID, dtype=torch.long, device=device)
-    weights = torch.zeros(batch, opts.max_length, src_len) if opts.return_attention else None
-    history = torch.empty(batch, 0, dtype=torch.long, device=device)  # live rows only
-    generators = _generators(batch, opts, device) if opts.sampling else None
-    for step in range(opts.max_length):
-        logits, state, attn = head.step(prev, state, memory)
-        logp = _constrain(torch.log_softmax(logits.float(), -1), history, step, opts)
-        if generators is None:
-            token = logp.argmax(-1)
-        else:
-            token = _sample(logits, logp, opts, [generators[i] for i in rows.tolist()])
-        scores[rows] += logp.gather(1, token.unsqueeze(1)).squeeze(1)
-        out[rows, step] = token
-        if weights is not None:
-            weights[rows, step] = attn.float().cpu()
-        if hooks.on_step:
-            hooks.on_step(rows, token)
-        leave = token == EOS_ID
-        if hooks.cancelled is not None:
-            leave |= hooks.cancelled().to(device)[rows]
-        if bool(leave.all()):
-            break
-        history = torch.cat([history, token.unsqueeze(1)], 1)
-        if bool(leave.any()):
-            keep = (~leave).nonzero().squeeze(1)
-            rows, token, history = rows[keep], token[keep], history[keep]
-            state, memory = state.index_select(keep), memory.index_select(keep)
-        prev = token
-    return [[_hypothesis(out[i], float(scores[i]), weights, i, opts)] for i in range(batch)]
-
-
-def _hypothesis(
-    row: Tensor, raw: float, attention: Tensor | None, i: int, opts: SearchOptions
-) -> Hypothesis:
-    ids = [t for t in row.tolist() if t != PAD_ID]
-    tokens = ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
-    length = len(tokens) + 1
-    attn = attention[i, :length] if attention is not None else None
-    return Hypothesis(tokens, raw / length_penalty(length, opts.length_penalty), attn)
-
-
-def _generators(batch: int, opts: SearchOptions, device: torch.device) -> list[torch.Generator]:
-    """One generator per row, all with the request's seed: a row samples the same tokens
-    whether it is decoded alone or in a batch."""
-    seed = opts.seed if opts.seed is not None else int(torch.randint(2**62, ()).item())
-    return [torch.Generator(device=device).manual_seed(seed) for _ in range(batch)]
-
-
-def _sample(
-    logits: Tensor, logp: Tensor, opts: SearchOptions, generators: list[torch.Generator]
-) -> Tensor:
-    """Sample from softmax(logits / T), restricted to top-k / top-p and to allowed tokens."""
-    scaled = (logits.float() / opts.temperature).masked_fill(torch.isinf(logp), NEG_INF)
-    if opts.top_k:
-        kth = scaled.topk(min(opts.top_k, scaled.size(-1)), -1).values[:, -1:]
-        scaled = scaled.masked_fill(scaled < kth, NEG_INF)
-    if opts.top_p < 1.0:
-        ordered, order = scaled.sort(-1, descending=True)
-        before = torch.softmax(ordered, -1).cumsum(-1) - torch.softmax(ordered, -1)
-        drop = (before >= opts.top_p).scatter(1, order, before >= opts.top_p)
-        scaled = scaled.masked_fill(drop, NEG_INF)
-    probs = torch.softmax(scaled, -1)
-    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
-    return torch.cat(picks)
+    running = RunningBatch(model, task, opts)
+    running.join(src, src_len, range(src.size(0)))
+    found: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    while running:
+        if hooks.cancelled is not None:  # a flagged row leaves with this step's token
+            flags = hooks.cancelled().tolist()
+            running.cancel(k for k in running.keys if flags[k])
+        for done in running.step(hooks.on_step):
+            found[done.key].append(done.hypothesis)
+    return found
 
 
 @dataclass
@@ -234,7 +105,8 @@ def _beam(
     for step in range(opts.max_length):
         live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
-        logp = _constrain(torch.log_softmax(logits.float(), -1), beams.history, step, opts)
+        steps = torch.full((live * k,), step, device=device)
+        logp = constrain(torch.log_softmax(logits.float(), -1), beams.history, steps, opts)
         vocab = logp.size(-1)
         cand = (beams.scores.unsqueeze(1) + logp).view(live, k * vocab)
         top_scores, top_index = cand.topk(2 * k, dim=1)  # live x 2k

@@ -28,9 +28,9 @@ from engine.config import Config
 from engine.data import BatchStream, DataError, Encoded, Example, encode, fingerprint, read_tsv
 from engine.heads import Seq2Seq, build_model
 from engine.metrics import task_scores
+from engine.options import SearchOptions
 from engine.pipeline import Pipeline
 from engine.schedules import learning_rate_factor, teacher_forcing_ratio
-from engine.search import SearchOptions
 from engine.tokenizers import build_tokenizer
 from engine.vocabulary import PAD_ID
 

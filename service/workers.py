@@ -106,7 +106,7 @@ class _Runner:
 
     def _warm_up(self) -> None:
         """First calls are slow (allocation, kernel selection): pay for them before SERVING."""
-        from engine.search import SearchOptions
+        from engine.options import SearchOptions
 
         for task, pipeline in self.pipelines.items():
             for beam in (1, 2):
@@ -139,7 +139,7 @@ class _Runner:
         options: dict[str, Any],
         stream_rows: set[int],
     ) -> list[dict[str, Any]]:
-        from engine.search import SearchOptions
+        from engine.options import SearchOptions
 
         opts = SearchOptions(**options)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
+from engine.options import SearchOptions
 from engine.pipeline import Pipeline
-from engine.search import SearchOptions
 from tests.conftest import reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(20, seed=5)]

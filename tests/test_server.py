@@ -16,8 +16,8 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.bundle import load_bundle
+from engine.options import SearchOptions
 from engine.pipeline import Pipeline
-from engine.search import SearchOptions
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from service.server import create_app
