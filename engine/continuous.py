@@ -11,6 +11,7 @@ workers feed one from the requests that arrive while it runs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -135,19 +136,33 @@ class RunningBatch:
                 continue
             finished.append(Finished(key, self._hypothesis(row, key, steps[row]), not ended[row]))
             self._cancelled.discard(key)
-        if not keep:
+        self._keep(keep)
+        return finished
+
+    def _keep(self, rows: list[int]) -> None:
+        """Only these rows stay; the memory shrinks to the longest source among them."""
+        if not rows:
             self._empty()
-            return finished
-        index = torch.tensor(keep, dtype=torch.long, device=self._prev.device)
-        self.keys = [self.keys[r] for r in keep]
-        self._generators = [self._generators[r] for r in keep] if self._generators else []
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self._prev.device)
+        self.keys = [self.keys[r] for r in rows]
+        self._generators = [self._generators[r] for r in rows] if self._generators else []
         for name in ("_prev", "_scores", "_steps", "_src_len", "_history"):
             setattr(self, name, getattr(self, name).index_select(0, index))
         self._state = self._state.index_select(index)  # type: ignore[union-attr]
         memory = self._memory.index_select(index)  # type: ignore[union-attr]
-        self._memory = memory.width(int(self._src_len.max()))  # no wider than its longest row
+        self._memory = memory.width(int(self._src_len.max()))
         self._history = self._history[:, self._history.size(1) - int(self._steps.max()) :]
-        return finished
+
+    def split(self) -> RunningBatch:
+        """Move the second half of the rows into a new RunningBatch (returned); both go on
+        decoding as they would have. For a batch whose step does not fit in memory."""
+        half = len(self) // 2
+        other = copy.copy(self)
+        other._attention, other._cancelled = self._attention, set(self._cancelled)
+        other._keep(list(range(half, len(self))))
+        self._keep(list(range(half)))
+        return other
 
     def _hypothesis(self, row: int, key: int, steps: int) -> Hypothesis:
         ids = self._history[row, self._history.size(1) - steps :].tolist()

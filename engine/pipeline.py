@@ -86,15 +86,15 @@ class Pipeline:
         (its result is partial). ``on_partial(i, text_so_far)`` reports greedy/sampling output
         of text i as it grows.
         """
-        target = self.check_task(task)
+        self.check_task(task)
         opts = opts or SearchOptions()
         opts.validate()
-        sources = [self.source.tokenizer.tokenize(t) for t in texts]
+        sources = self.tokenize(texts)
         order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
         results: dict[int, Generation] = {}
         decode = self._running if opts.beam_size == 1 else self._static
         for i, hyps in decode(task, sources, order, opts, cancelled, on_partial):
-            results[i] = self._result(target, sources[i], hyps)
+            results[i] = self.result(task, sources[i], hyps)
             if progress:
                 progress(1)
         truncated = sum(1 for r in results.values() if r.truncated)
@@ -116,17 +116,18 @@ class Pipeline:
         on_partial: Callable[[int, str], None] | None,
     ) -> Iterator[tuple[int, list[Hypothesis]]]:
         """Greedy / sampling with continuous batching: up to ``batch_size`` rows decode at
-        once, and inputs (shortest first) join as rows finish, in groups of at least an
-        eighth of the batch so that the encoder still runs batched."""
+        once, and inputs join as rows finish, in groups of at least a quarter of the batch so
+        that the encoder still runs batched. Longest inputs first: long outputs then overlap
+        with many short ones instead of running alone at the end."""
         running = RunningBatch(self.model, task, opts)
         pending = deque(reversed(order))
         group = max(1, self.batch_size // 4)
-        on_step = _partials(self.targets[task], on_partial) if on_partial else None
+        on_step = self._partials(task, on_partial) if on_partial else None
         while pending or running:
             free = self.batch_size - len(running)
             if pending and free >= min(group, len(pending)):
                 joining = [pending.popleft() for _ in range(min(free, len(pending)))]
-                running.join(*self.encode_sources([sources[i] for i in joining]), joining)
+                self.join(running, [sources[i] for i in joining], joining)
             if cancelled is not None:
                 flags = cancelled()
                 running.cancel(k for k in running.keys if flags[k])
@@ -161,7 +162,21 @@ class Pipeline:
             src[row, : len(x)] = torch.tensor(x)
         return src.to(self.device), src_len.to(self.device)
 
-    def _result(self, target: Side, source: list[str], hyps: list[Hypothesis]) -> Generation:
+    def tokenize(self, texts: list[str]) -> list[list[str]]:
+        return [self.source.tokenizer.tokenize(t) for t in texts]
+
+    def join(self, running: RunningBatch, sources: list[list[str]], keys: list[int]) -> None:
+        """Tokenized (non-empty) inputs join a running batch under the caller's ``keys``."""
+        running.join(*self.encode_sources(sources), keys)
+
+    def text(self, task: str, ids: list[int]) -> str:
+        """Target ids -> detokenized text."""
+        target = self.targets[task]
+        return target.tokenizer.detokenize(target.vocab.decode(ids))
+
+    def result(self, task: str, source: list[str], hyps: list[Hypothesis]) -> Generation:
+        """The Generation of a source (its tokens, before truncation) from its n-best."""
+        target = self.targets[task]
         best = hyps[0]
         tokens = target.vocab.decode(best.tokens)
         kept = source[: self.max_source_length - 1]
@@ -173,30 +188,25 @@ class Pipeline:
             score=best.score,
             tokens=tokens,
             source_tokens=kept,
-            alternatives=[(self._text(target, h), h.score) for h in hyps[1:]],
+            alternatives=[(self.text(task, h.tokens), h.score) for h in hyps[1:]],
             attention=attention,
             truncated=len(kept) < len(source),
         )
 
-    @staticmethod
-    def _text(target: Side, hyp: Hypothesis) -> str:
-        return target.tokenizer.detokenize(target.vocab.decode(hyp.tokens))
+    def _partials(self, task: str, on_partial: Callable[[int, str], None]) -> StepHook:
+        """A step hook that reports each input's text so far (as ids grow, detokenized)."""
+        so_far: dict[int, list[int]] = {}
+
+        def step(keys: list[int], tokens: list[int]) -> None:
+            for key, token in zip(keys, tokens, strict=True):
+                if token != EOS_ID:
+                    ids = so_far.setdefault(key, [])
+                    ids.append(token)
+                    on_partial(key, self.text(task, ids))
+
+        return step
 
 
 def _flags(cancelled: Callable[[], Sequence[bool]], chunk: list[int]) -> Callable[[], torch.Tensor]:
     """The cancel flags of one beam batch, whose row r is input ``chunk[r]``."""
     return lambda: torch.tensor([bool(cancelled()[i]) for i in chunk])
-
-
-def _partials(target: Side, on_partial: Callable[[int, str], None]) -> StepHook:
-    """A step hook that reports each input's text so far (as ids grow, detokenized)."""
-    so_far: dict[int, list[int]] = {}
-
-    def step(keys: list[int], tokens: list[int]) -> None:
-        for key, token in zip(keys, tokens, strict=True):
-            if token != EOS_ID:
-                ids = so_far.setdefault(key, [])
-                ids.append(token)
-                on_partial(key, target.tokenizer.detokenize(target.vocab.decode(ids)))
-
-    return step

@@ -1,10 +1,12 @@
-"""Dynamic micro-batching: requests of one task and identical decoding options decode together.
+"""Dynamic batching: requests of one task and identical decoding options decode together.
 
-A batch leaves when it is full (``max_batch_size``) or its oldest request has waited
-``max_queue_delay_ms``, and only when a worker is free, so under load batches grow by themselves.
-When more requests wait than fit, the oldest goes with its nearest neighbours in length (less
-padding, nobody starves). A request whose deadline has passed, or whose caller has gone, is
-dropped before it costs any compute; one cancelled while decoding leaves at the next step.
+A worker decodes up to ``max_batch_size`` rows at once and takes new rows while it decodes
+(continuous batching, service/worker_process.py). A batch leaves the queue when it fills the
+room a worker has, or when its oldest request has waited ``max_queue_delay_ms``: an idle worker
+waits a moment for companions, a busy one is topped up at once. When more requests wait than
+fit, the oldest goes with its nearest neighbours in length (less padding, nobody starves). A
+request whose deadline has passed, or whose caller has gone, is dropped before it costs any
+compute; one cancelled while decoding leaves at the next step. Results come back row by row.
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ class Batcher:
         self._queued: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
 
     def queued(self, task: str) -> int:
         return self._queued[task]
@@ -93,8 +94,8 @@ class Batcher:
     async def stop(self) -> None:
         if self._loop_task:
             self._loop_task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
         for queue in self._queues.values():
             for request in queue:
                 if not request.future.done():
@@ -104,22 +105,15 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             worker = await self.pool.acquire()
-            try:
-                key, batch = await self._take()
-            except asyncio.CancelledError:
-                self.pool.release(worker)
-                raise
-            while not self.pool.current(worker):  # a reload or a death while we waited
-                self.pool.release(worker)
-                worker = await self.pool.acquire()
-            task = asyncio.create_task(self._execute(worker, key[0], batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            taken = await self._take(worker)
+            if taken is not None:
+                self._dispatch(worker, *taken)
 
-    async def _take(self) -> tuple[Key, list[Request]]:
-        """Wait until some queue has a batch ready; take it."""
+    async def _take(self, worker: Worker) -> tuple[Key, list[Request]] | None:
+        """Wait until some queue has a batch ready for ``worker``; take it. None: the worker
+        has no room any more (it died, or a reload replaced it): acquire another."""
         delay = self.settings.max_queue_delay_ms / 1000
-        while True:
+        while self.pool.current(worker) and worker.free > 0:
             self._drop_dead()
             waiting = [k for k, q in self._queues.items() if q]
             if not waiting:
@@ -128,15 +122,17 @@ class Batcher:
                 continue
             key = min(waiting, key=lambda k: self._queues[k][0].enqueued)
             queue = self._queues[key]
+            room = min(self.settings.max_batch_size, worker.free)
             due = queue[0].enqueued + delay
-            if len(queue) >= self.settings.max_batch_size or time.monotonic() >= due:
-                return key, self._select(key)
+            if len(queue) >= room or time.monotonic() >= due:
+                return key, self._select(key, room)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due - time.monotonic())
+        return None
 
-    def _select(self, key: Key) -> list[Request]:
-        queue, size = self._queues[key], self.settings.max_batch_size
+    def _select(self, key: Key, size: int) -> list[Request]:
+        queue = self._queues[key]
         if len(queue) <= size:
             batch = list(queue)
             queue.clear()
@@ -161,11 +157,9 @@ class Batcher:
             self._queued[key[0]] -= len(queue) - len(kept)
             self._queues[key] = kept
 
-    async def _execute(self, worker: Worker, task: str, batch: list[Request]) -> None:
-        started = time.monotonic()
-        seq = worker.begin()
-        for row, request in enumerate(batch):
-            request._worker, request._seq, request._row = worker, seq, row
+    def _dispatch(self, worker: Worker, key: Key, batch: list[Request]) -> None:
+        """Send a batch to a worker; each row's future is settled when its result arrives."""
+        sent = time.monotonic()
 
         def on_partial(row: int, text: str) -> None:
             request = batch[row]
@@ -173,26 +167,33 @@ class Batcher:
             if request.on_partial and not request.cancelled:
                 request.on_partial(text)
 
-        stream_rows = [i for i, r in enumerate(batch) if r.on_partial]
-        try:
-            results, compute_ms = await worker.run(
-                seq, task, [r.text for r in batch], batch[0].options, stream_rows, on_partial
-            )
-        except ServiceError as e:  # the worker died: these requests may be retried
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(e)
-            return
-        finally:
-            self.pool.release(worker)
-        for request, result in zip(batch, results, strict=True):
+        def on_done(row: int, result: dict[str, Any], compute_ms: float, size: int) -> None:
+            request = batch[row]
             if request.future.done():
-                continue
+                return
             if "error" in result:
                 log.error("decoding failed for one request: %s", result["error"])
                 request.future.set_exception(RuntimeError(result["error"]))
-                continue
-            queue_ms = 1000 * (started - request.enqueued)
-            request.future.set_result(
-                Outcome(result, queue_ms, compute_ms, worker.tasks[task], len(batch))
+                return
+            queue_ms = 1000 * (sent - request.enqueued)
+            task_info = worker.tasks[key[0]]
+            request.future.set_result(Outcome(result, queue_ms, compute_ms, task_info, size))
+
+        def on_error(error: ServiceError) -> None:  # the worker died: these may be retried
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+
+        stream_rows = [i for i, r in enumerate(batch) if r.on_partial]
+        texts = [r.text for r in batch]
+        try:
+            seq = worker.submit(
+                key[0], texts, batch[0].options, stream_rows, on_partial, on_done, on_error
             )
+        except ServiceError as e:
+            on_error(e)
+            return
+        for row, request in enumerate(batch):
+            request._worker, request._seq, request._row = worker, seq, row
+            if request.cancelled:  # its caller left between the queue and the worker
+                worker.cancel_row(seq, row)

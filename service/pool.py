@@ -1,8 +1,9 @@
-"""The worker pool: which workers exist, which are free, replacing dead ones, and reloads.
+"""The worker pool: which workers exist, which have room, replacing dead ones, and reloads.
 
 A reload starts a new generation of workers (the bundles loaded again and warmed) while the old
 one keeps serving; when every new worker is ready the pool switches at once, and each old worker
-stops after the batch it is decoding. So no request is lost or answered by a half-loaded model.
+stops once the rows it holds are answered. So no request is lost or answered by a half-loaded
+model.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from service.settings import Settings
 from service.workers import Worker, default_threads, find_bundles
 
 log = logging.getLogger(__name__)
-MONITOR_INTERVAL_S = 0.5
 
 
 class WorkerPool:
@@ -26,11 +26,11 @@ class WorkerPool:
         self.on_change = on_change
         self.generation = 0
         self.workers: list[Worker] = []
-        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self._room = asyncio.Event()  # set when a worker may have room for more rows
         self._replacing: set[int] = set()
         self._tasks: dict[str, dict[str, Any]] = {}
-        self._monitor: asyncio.Task | None = None
         self._closed = False
+        self._background: set[asyncio.Task] = set()  # referenced until done, as asyncio asks
 
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
@@ -48,9 +48,7 @@ class WorkerPool:
         self.workers = await self._start_generation(1)
         self.generation = 1
         self._tasks = self.workers[0].tasks
-        for worker in self.workers:
-            self._idle.put_nowait(worker)
-        self._monitor = asyncio.create_task(self._watch())
+        self._room.set()
         self.on_change()
 
     async def _start_generation(self, generation: int) -> list[Worker]:
@@ -77,33 +75,35 @@ class WorkerPool:
             self.settings.half_precision,
             self.settings.max_batch_size,
             generation,
+            self._changed,
         )
 
     async def acquire(self) -> Worker:
-        """A free, live worker of the serving generation (waits for one)."""
+        """The live worker of the serving generation with the most room (waits for room)."""
         while True:
-            worker = await self._idle.get()
-            if worker.generation != self.generation:
-                asyncio.create_task(worker.stop())
-                continue
-            if not worker.alive:
-                self._replace(worker)
-                continue
-            worker.busy = True
-            return worker
+            room = [w for w in self.workers if self.current(w) and w.free > 0]
+            if room:
+                return max(room, key=lambda w: w.free)
+            self._room.clear()
+            await self._room.wait()
 
     def current(self, worker: Worker) -> bool:
-        """Still the worker to use: alive and of the serving generation."""
+        """Still a worker to send rows to: alive and of the serving generation."""
         return worker.alive and worker.generation == self.generation
 
-    def release(self, worker: Worker) -> None:
-        worker.busy = False
+    def _changed(self, worker: Worker) -> None:
+        """A worker answered a row or died (called in the event loop)."""
+        self._room.set()
         if worker.generation != self.generation:
-            asyncio.create_task(worker.stop())  # an old generation: done after its last batch
-        elif worker.alive:
-            self._idle.put_nowait(worker)
-        else:
+            if not worker.busy:  # an old generation: done after its last row
+                self._spawn(worker.stop())
+        elif worker.dead:
             self._replace(worker)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _replace(self, dead: Worker) -> None:
         """Start a new worker on the dead one's device (once, however often it is reported)."""
@@ -112,7 +112,7 @@ class WorkerPool:
         self._replacing.add(id(dead))
         log.error("worker on %s (pid %s) died; starting a new one", dead.device, dead.pid)
         self.on_change()
-        asyncio.create_task(self._restart(dead))
+        self._spawn(self._restart(dead))
 
     async def _restart(self, dead: Worker) -> None:
         dead.kill()
@@ -125,19 +125,11 @@ class WorkerPool:
                 await asyncio.sleep(1.0)
                 continue
             self.workers = [w for w in self.workers if w is not dead] + [worker]
-            self._idle.put_nowait(worker)
+            self._room.set()
             log.info("worker on %s is back (pid %s)", worker.device, worker.pid)
             break
         self._replacing.discard(id(dead))
         self.on_change()
-
-    async def _watch(self) -> None:
-        """Notice workers that die while idle (killed, crashed) without waiting for a batch."""
-        while not self._closed:
-            await asyncio.sleep(MONITOR_INTERVAL_S)
-            for worker in list(self.workers):
-                if not worker.busy and not worker.alive and worker.generation == self.generation:
-                    self._replace(worker)
 
     async def reload(self) -> dict[str, dict[str, Any]]:
         """Load the bundles again into new workers, then switch; the old ones drain."""
@@ -145,17 +137,14 @@ class WorkerPool:
         fresh = await self._start_generation(generation)  # raises: the old ones keep serving
         old = self.workers
         self.workers, self.generation, self._tasks = fresh, generation, fresh[0].tasks
-        for worker in fresh:
-            self._idle.put_nowait(worker)
+        self._room.set()
         for worker in old:
             if not worker.busy:
-                asyncio.create_task(worker.stop())
+                self._spawn(worker.stop())
         self.on_change()
         log.info("reloaded: %s", {t: i["model_version"] for t, i in self._tasks.items()})
         return self._tasks
 
     async def stop(self) -> None:
         self._closed = True
-        if self._monitor:
-            self._monitor.cancel()
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

@@ -1,35 +1,28 @@
 """Workers: one process per device, each owning its own replica of every bundle.
 
-A worker process loads and warms the bundles, then decodes batches sent over a pipe. Processes
-rather than threads: the decoding loop does Python work at every step and must not hold the
-GIL against the gRPC event loop, and a worker that crashes (or is killed) takes nothing else
-down; the pool starts a new one and only the requests it held fail, with UNAVAILABLE.
-
-Pipe protocol (pickled tuples):
-  parent -> worker  ("batch", seq, task, texts, options, stream_rows) | ("stop",)
-  worker -> parent  ("ready", tasks) | ("fatal", message)
-                    ("partial", seq, row, text)   (rows in stream_rows, as they grow)
-                    ("result", seq, results, compute_ms)   results[i]: dict | {"error": ...}
-Cancellation needs no message: the parent writes ``seq`` into ``cancel[row]`` (shared memory)
-and the worker drops that row at its next decoding step.
+Processes rather than threads: the decoding loop does Python work at every step and must not
+hold the GIL against the gRPC event loop, and a worker that crashes (or is killed) takes
+nothing else down; the pool starts a new one and only the requests it held fail, with
+UNAVAILABLE. What runs inside the process is service/worker_process.py (with the pipe
+protocol); this file is the server's side: a handle that sends batches and routes results.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import time
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from service.errors import Unavailable
+from service.errors import ServiceError, Unavailable
+from service.worker_process import worker_main
 
 log = logging.getLogger(__name__)
 SPAWN = mp.get_context("spawn")  # never fork a process that has threads and CUDA state
@@ -47,141 +40,6 @@ def find_bundles(path: Path) -> list[Path]:
     return found
 
 
-# ---- inside the worker process -------------------------------------------------------------
-
-
-def worker_main(
-    conn: Connection, device: str, models: str, threads: int, half: bool, cancel: Any
-) -> None:
-    """Entry point of a worker process."""
-    try:
-        runner = _Runner(device, Path(models), threads, half, cancel)
-    except Exception as e:  # report why, then exit: the parent decides what to do
-        conn.send(("fatal", f"{type(e).__name__}: {e}"))
-        return
-    try:
-        conn.send(("ready", runner.describe()))
-    except OSError:  # the server stopped while we loaded
-        return
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the server went away
-            return
-        if message[0] == "stop":
-            return
-        _, seq, task, texts, options, stream_rows = message
-        started = time.perf_counter()
-        results = runner.run(conn, seq, task, texts, options, set(stream_rows))
-        conn.send(("result", seq, results, 1000 * (time.perf_counter() - started)))
-
-
-class _Runner:
-    """The worker's loaded bundles and the code that decodes one batch."""
-
-    def __init__(self, device: str, models: Path, threads: int, half: bool, cancel: Any):
-        import torch
-
-        from engine.bundle import load_bundle
-        from engine.pipeline import Pipeline
-
-        if threads > 0:
-            torch.set_num_threads(threads)
-        self.torch, self.device, self.cancel = torch, torch.device(device), cancel
-        self.pipelines: dict[str, Any] = {}
-        self.bundles: dict[str, Any] = {}
-        for path in find_bundles(models):
-            bundle = load_bundle(path, self.device)
-            if half and self.device.type == "cuda":
-                bundle.model.half()  # search takes log-softmax in fp32
-            for task in bundle.tasks:
-                if task in self.pipelines:
-                    raise ValueError(
-                        f"task {task!r} is in two bundles: {self.bundles[task].path} and {path}"
-                    )
-                self.pipelines[task] = Pipeline.from_bundle(bundle, batch_size=1 << 16)
-                self.pipelines[task].warn_truncated = False  # reported per request instead
-                self.bundles[task] = bundle
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """First calls are slow (allocation, kernel selection): pay for them before SERVING."""
-        from engine.options import SearchOptions
-
-        for task, pipeline in self.pipelines.items():
-            for beam in (1, 2):
-                pipeline.generate(
-                    task,
-                    ["안녕하세요. 준비되었나요?"] * 2,
-                    SearchOptions(beam_size=beam, max_length=8),
-                )
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for task, bundle in self.bundles.items():
-            entry = bundle.manifest.get("tasks", {}).get(task, {})
-            out[task] = {
-                "model_id": bundle.id,
-                "model_version": bundle.version,
-                "metric": entry.get("metric", ""),
-                "valid_scores": entry.get("valid_scores", {}),
-                "context_turns": int(entry.get("context_turns", 0)),
-                "max_target_length": int(bundle.manifest.get("max_target_length", 100)),
-            }
-        return out
-
-    def run(
-        self,
-        conn: Connection,
-        seq: int,
-        task: str,
-        texts: list[str],
-        options: dict[str, Any],
-        stream_rows: set[int],
-    ) -> list[dict[str, Any]]:
-        from engine.options import SearchOptions
-
-        opts = SearchOptions(**options)
-
-        def cancelled(rows: list[int]) -> Callable[[], list[bool]]:
-            return lambda: [self.cancel[r] == seq for r in rows]
-
-        def partial(rows: list[int]) -> Callable[[int, str], None]:
-            def send(i: int, text: str) -> None:
-                if rows[i] in stream_rows:
-                    conn.send(("partial", seq, rows[i], text))
-
-            return send
-
-        return self._split_run(task, texts, list(range(len(texts))), opts, cancelled, partial)
-
-    def _split_run(self, task, texts, rows, opts, cancelled, partial) -> list[dict[str, Any]]:
-        """Decode; a batch that fails (out of GPU memory, say) is split in halves and retried,
-        so only a request that fails alone is failed."""
-        try:
-            generations = self.pipelines[task].generate(
-                task, texts, opts, cancelled=cancelled(rows), on_partial=partial(rows)
-            )
-            return [_as_dict(g, opts.return_attention) for g in generations]
-        except Exception as e:
-            if self.device.type == "cuda":
-                self.torch.cuda.empty_cache()
-            if len(texts) == 1:
-                log.exception("request failed alone in worker on %s", self.device)
-                return [{"error": f"{type(e).__name__}: {e}"}]
-            half = len(texts) // 2
-            return self._split_run(
-                task, texts[:half], rows[:half], opts, cancelled, partial
-            ) + self._split_run(task, texts[half:], rows[half:], opts, cancelled, partial)
-
-
-def _as_dict(generation: Any, with_attention: bool) -> dict[str, Any]:
-    out = dataclasses.asdict(generation)
-    if not with_attention:
-        out["attention"] = None
-    return out
-
-
 # ---- in the server process -----------------------------------------------------------------
 
 
@@ -189,25 +47,52 @@ class WorkerDied(Unavailable):
     """The worker process ended while it held these requests; retrying is safe."""
 
 
+@dataclass
+class _Job:
+    """One batch sent to a worker: where its rows' partial outputs and results go."""
+
+    on_partial: Callable[[int, str], None]
+    on_done: Callable[[int, dict[str, Any], float, int], None]  # row, result, ms, batch size
+    on_error: Callable[[ServiceError], None]  # the worker died holding it
+    remaining: int
+
+
 class Worker:
-    """The server's handle on one worker process; decodes one batch at a time."""
+    """The server's handle on one worker process, which decodes up to ``capacity`` rows at
+    once and takes new ones while it decodes (continuous batching)."""
 
     def __init__(
-        self, device: str, models: Path, threads: int, half: bool, max_rows: int, generation: int
+        self,
+        device: str,
+        models: Path,
+        threads: int,
+        half: bool,
+        capacity: int,
+        generation: int,
+        on_change: Callable[[Worker], None] = lambda w: None,
     ):
         self.device, self.models, self.threads, self.half = device, models, threads, half
-        self.generation = generation
-        self.cancel = SPAWN.RawArray("q", max_rows)  # cancel[row] == seq: drop that row
+        self.capacity, self.generation, self.on_change = capacity, generation, on_change
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.load = 0  # rows sent and not yet answered
         self.seq = 0
-        self.busy = False
+        self.dead = False
+        self._jobs: dict[int, _Job] = {}
         self._process: Any = None
         self._conn: Connection | None = None
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"worker-{device}")
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return not self.dead and self._process is not None and self._process.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        return self.load > 0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.load
 
     @property
     def pid(self) -> int | None:
@@ -217,82 +102,106 @@ class Worker:
         parent, child = SPAWN.Pipe()
         self._process = SPAWN.Process(
             target=worker_main,
-            args=(child, self.device, str(self.models), self.threads, self.half, self.cancel),
+            args=(child, self.device, str(self.models), self.threads, self.half),
             name=f"hanseq-worker-{self.device}",
             daemon=True,
         )
         self._process.start()
         child.close()
-        self._conn = parent
-        loop = asyncio.get_running_loop()
+        self._conn, self._loop = parent, asyncio.get_running_loop()
         try:
-            message = await asyncio.wait_for(loop.run_in_executor(self._io, self._recv), timeout)
-        except (TimeoutError, WorkerDied) as e:
+            ready = await asyncio.wait_for(asyncio.to_thread(self._first_message), timeout)
+        except (TimeoutError, EOFError, OSError) as e:
             self.kill()
-            raise Unavailable(f"worker on {self.device} did not start: {e}") from None
-        if message[0] != "ready":
+            parent.close()
+            raise Unavailable(f"worker on {self.device} did not start: {e or 'timeout'}") from None
+        if ready[0] != "ready":
             self.kill()
-            raise Unavailable(f"worker on {self.device} could not load the models: {message[1]}")
-        self.tasks = message[1]
+            parent.close()
+            raise Unavailable(f"worker on {self.device} could not load the models: {ready[1]}")
+        self.tasks = ready[1]
+        threading.Thread(target=self._read, name=f"worker-{self.device}", daemon=True).start()
 
-    def _recv(self) -> tuple:
-        try:
-            return self._conn.recv()  # type: ignore[union-attr]
-        except (EOFError, OSError):
-            raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died") from None
+    def _first_message(self) -> tuple:
+        return self._conn.recv()  # type: ignore[union-attr]
 
-    def begin(self) -> int:
-        """The number of the next batch: cancellations name it, so a late one misses."""
-        self.seq += 1
-        return self.seq
-
-    async def run(
+    def submit(
         self,
-        seq: int,
         task: str,
         texts: list[str],
         options: dict[str, Any],
         stream_rows: list[int],
         on_partial: Callable[[int, str], None],
-    ) -> tuple[list[dict[str, Any]], float]:
-        """Decode batch ``seq`` (from ``begin``) -> (one result per text, compute ms).
-        Raises WorkerDied."""
-        loop = asyncio.get_running_loop()
-
-        def roundtrip() -> tuple[list[dict[str, Any]], float]:
-            try:
-                self._conn.send(("batch", seq, task, texts, options, stream_rows))  # type: ignore
-            except (OSError, ValueError):
-                raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died") from None
-            while True:
-                message = self._recv()
-                if message[0] == "partial":
-                    loop.call_soon_threadsafe(on_partial, message[2], message[3])
-                elif message[0] == "result" and message[1] == seq:
-                    return message[2], message[3]
-
-        return await loop.run_in_executor(self._io, roundtrip)
+        on_done: Callable[[int, dict[str, Any], float, int], None],
+        on_error: Callable[[ServiceError], None],
+    ) -> int:
+        """Send a batch -> its number (cancellations name it). Results come back row by row,
+        through ``on_done``, in the event loop. Raises WorkerDied."""
+        if self.dead or self._conn is None:
+            raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died")
+        self.seq += 1
+        try:
+            self._conn.send(("batch", self.seq, task, texts, options, stream_rows))
+        except (OSError, ValueError):
+            raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died") from None
+        self._jobs[self.seq] = _Job(on_partial, on_done, on_error, len(texts))
+        self.load += len(texts)
+        return self.seq
 
     def cancel_row(self, seq: int, row: int) -> None:
-        if 0 <= row < len(self.cancel):
-            self.cancel[row] = seq
+        if seq in self._jobs and self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(("cancel", seq, row))
+
+    def _read(self) -> None:
+        """The reader thread: every message goes to the event loop, in order; at the end of
+        the pipe (the process died or stopped) the jobs it held fail."""
+        conn, loop = self._conn, self._loop
+        assert conn is not None and loop is not None
+        try:
+            while True:
+                message = conn.recv()
+                loop.call_soon_threadsafe(self._dispatch, message)
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()  # here, not elsewhere: a closed descriptor's number can be reused
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                loop.call_soon_threadsafe(self._died)
+
+    def _dispatch(self, message: tuple) -> None:
+        job = self._jobs.get(message[1])
+        if job is None:
+            return
+        if message[0] == "partial":
+            job.on_partial(message[2], message[3])
+            return
+        _, seq, row, result, compute_ms, batch_size = message
+        self.load -= 1
+        job.remaining -= 1
+        if job.remaining == 0:
+            del self._jobs[seq]
+        job.on_done(row, result, compute_ms, batch_size)
+        self.on_change(self)
+
+    def _died(self) -> None:
+        self.dead = True
+        jobs, self._jobs, self.load = self._jobs, {}, 0
+        for job in jobs.values():
+            job.on_error(WorkerDied(f"worker on {self.device} (pid {self.pid}) died"))
+        self.on_change(self)
 
     async def stop(self, timeout: float = 5.0) -> None:
         if self._conn is not None and self.alive:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("stop",))
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self._process.join, timeout)
+            await asyncio.to_thread(self._process.join, timeout)
         self.kill()
-        self._io.shutdown(wait=False, cancel_futures=True)
 
     def kill(self) -> None:
         if self._process is not None and self._process.is_alive():
             self._process.kill()
             self._process.join(5)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 def default_threads(settings_threads: int, cpu_workers: int) -> int:

@@ -1,7 +1,8 @@
-"""The worker's batch runner, in-process: split-and-retry when a batch fails.
+"""The worker's decoding loop, in-process: continuous batching, split-and-retry, streaming and
+cancellation, driven message by message as the server's pipe would.
 
-No GPU here, so GPU memory is the one thing stood in for: the pipeline is wrapped to raise
-torch.OutOfMemoryError for batches over two rows, and for one input even alone. The runner,
+No GPU here, so GPU memory is the one thing stood in for: a running batch's step (or, for beam
+search, the pipeline) is wrapped to raise torch.OutOfMemoryError over two rows. The runner,
 the bundle and the decoding are the real ones."""
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.workers import _Runner, find_bundles
+from engine.continuous import RunningBatch
+from service.worker_process import Runner
+from service.workers import find_bundles
 from tests.conftest import reversal_pairs
 
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(7, seed=51)]
 
 
 class Pipe:
-    """What the runner sends its parent (partial outputs), kept for the test."""
+    """What the runner sends its parent, kept for the test."""
 
     def __init__(self):
         self.sent = []
@@ -24,56 +27,123 @@ class Pipe:
     def send(self, message):
         self.sent.append(message)
 
+    def results(self, seq):
+        done = {m[2]: m[3] for m in self.sent if m[0] == "done" and m[1] == seq}
+        return [done[row] for row in sorted(done)]
+
 
 @pytest.fixture(scope="module")
-def runner(service_bundle_path):
-    return _Runner("cpu", service_bundle_path, threads=1, half=False, cancel=[0] * 64)
+def loaded(service_bundle_path):
+    return Runner("cpu", [service_bundle_path], 1, False, Pipe())
 
 
-def options() -> dict:
-    return {"max_length": 20}
+@pytest.fixture()
+def runner(loaded):
+    loaded.conn = Pipe()  # a fresh record of what it sends, per test
+    yield loaded
+    assert not loaded.running and not loaded.rows  # nothing left behind
 
 
-def test_a_batch_out_of_memory_is_split_until_it_fits(runner, monkeypatch):
-    expected = runner.run(Pipe(), 1, "translate", TEXTS, options(), set())
-    real = runner.pipelines["translate"].generate
-    sizes = []
+def batch(seq, texts, task="translate", stream=(), **options):
+    return ("batch", seq, task, texts, {"max_length": 20, **options}, list(stream))
+
+
+def drain(runner):
+    while runner.running:
+        runner.step()
+
+
+def test_rows_joining_a_running_batch_get_what_they_get_alone(runner):
+    for seq, text in enumerate(TEXTS, 100):
+        runner.handle(batch(seq, [text]))
+        drain(runner)
+    alone = [runner.conn.results(seq)[0]["text"] for seq in range(100, 107)]
+    runner.conn = Pipe()
+    runner.handle(batch(1, TEXTS[:3]))
+    runner.step()
+    runner.step()
+    runner.handle(batch(2, TEXTS[3:]))  # joins rows that are two steps ahead
+    drain(runner)
+    together = [r["text"] for r in runner.conn.results(1) + runner.conn.results(2)]
+    assert together == alone
+    sizes = {m[5] for m in runner.conn.sent if m[1] == 2}
+    assert max(sizes) > len(TEXTS[3:])  # it decoded alongside batch 1
+
+
+def test_a_step_out_of_memory_splits_the_batch_until_it_fits(runner, monkeypatch):
+    runner.handle(batch(1, TEXTS))
+    drain(runner)
+    expected = [r["text"] for r in runner.conn.results(1)]
+    real, sizes = RunningBatch.step, []
+
+    def limited(self, *args, **kwargs):
+        sizes.append(len(self))
+        if len(self) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunningBatch, "step", limited)
+    runner.handle(batch(2, TEXTS))
+    drain(runner)
+    assert [r["text"] for r in runner.conn.results(2)] == expected
+    assert sizes[0] == 7 and 2 in sizes
+
+
+def test_only_the_row_that_fails_alone_fails(runner, monkeypatch):
+    real = RunningBatch.step
+
+    def fragile(self, *args, **kwargs):
+        if any(runner.rows[k].row == 3 for k in self.keys):
+            raise RuntimeError("this input breaks decoding")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunningBatch, "step", fragile)
+    runner.handle(batch(3, TEXTS))
+    drain(runner)
+    results = runner.conn.results(3)
+    assert "this input breaks decoding" in results[3]["error"]
+    assert all("text" in r for i, r in enumerate(results) if i != 3)
+
+
+def test_beam_batches_split_and_retry_too(runner, monkeypatch):
+    pipeline = runner.pipelines["translate"]
+    expected = pipeline.generate("translate", TEXTS, _beam())
+    real = pipeline.generate
 
     def limited(task, texts, *args, **kwargs):
-        sizes.append(len(texts))
         if len(texts) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
         return real(task, texts, *args, **kwargs)
 
-    monkeypatch.setattr(runner.pipelines["translate"], "generate", limited)
-    results = runner.run(Pipe(), 2, "translate", TEXTS, options(), set())
-    assert [r["text"] for r in results] == [e["text"] for e in expected]
-    assert sizes[0] == 7 and max(s for s in sizes[1:] if s <= 2) <= 2
+    monkeypatch.setattr(pipeline, "generate", limited)
+    runner.handle(batch(4, TEXTS, beam_size=3))
+    assert [r["text"] for r in runner.conn.results(4)] == [g.text for g in expected]
 
 
-def test_only_the_request_that_fails_alone_fails(runner, monkeypatch):
-    real = runner.pipelines["translate"].generate
-    poison = TEXTS[3]
+def _beam():
+    from engine.options import SearchOptions
 
-    def fragile(task, texts, *args, **kwargs):
-        if poison in texts:
-            raise RuntimeError("this input breaks decoding")
-        return real(task, texts, *args, **kwargs)
-
-    monkeypatch.setattr(runner.pipelines["translate"], "generate", fragile)
-    results = runner.run(Pipe(), 3, "translate", TEXTS, options(), set())
-    assert "error" in results[3] and "this input breaks decoding" in results[3]["error"]
-    assert all("text" in r for i, r in enumerate(results) if i != 3)
+    return SearchOptions(beam_size=3, max_length=20)
 
 
 def test_stream_rows_get_partials_and_cancelled_rows_stop(runner):
-    pipe = Pipe()
-    runner.cancel[1] = 4  # row 1 of batch 4 was cancelled before it started
-    results = runner.run(pipe, 4, "respond", TEXTS[:3], options(), {0})
-    partial_rows = {m[2] for m in pipe.sent}
-    assert partial_rows == {0} and pipe.sent[-1][3] == results[0]["text"]
-    assert results[1]["tokens"] == [] or len(results[1]["tokens"]) <= 1
-    assert results[2]["text"]
+    runner.handle(batch(5, TEXTS[:3], task="respond", stream=[0], max_length=60, min_length=40))
+    runner.handle(("cancel", 5, 1))  # row 1's caller left before its first step
+    runner.step()
+    runner.handle(("cancel", 5, 2))
+    drain(runner)
+    results = runner.conn.results(5)
+    partials = [m for m in runner.conn.sent if m[0] == "partial"]
+    assert {m[2] for m in partials} == {0} and partials[-1][3] == results[0]["text"]
+    assert len(results[1]["tokens"]) <= 1 and len(results[2]["tokens"]) <= 2
+    assert len(results[0]["tokens"]) >= 40
+
+
+def test_an_empty_text_is_answered_at_once(runner):
+    runner.handle(batch(6, ["", TEXTS[0]]))
+    assert runner.conn.results(6)[0]["text"] == ""
+    drain(runner)
+    assert runner.conn.results(6)[1]["text"]
 
 
 def test_find_bundles(service_bundle_path, tmp_path):
