@@ -12,12 +12,12 @@ PROTO := proto/hanseq/v1/hanseq.proto
 GEN := gen/hanseq/v1/hanseq_pb2.py
 GRPC_TOOLS := grpcio-tools==1.85.1
 
-.PHONY: serve test lint system-deps install gen clean
+.PHONY: serve test lint system-deps test-system-deps install gen clean
 
 serve: $(STAMP)
 	$(BIN)/hanseq serve
 
-test: $(STAMP)
+test: $(STAMP) test-system-deps
 	$(BIN)/ruff check engine service tests bench
 	$(BIN)/ruff format --check engine service tests bench
 	$(BIN)/mypy
@@ -34,6 +34,11 @@ install: $(STAMP)
 system-deps:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
+
+# What only the tests need: a real Redis server (the cache tests start their own).
+test-system-deps:
+	@command -v redis-server >/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
 $(STAMP): pyproject.toml $(PROTO) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -35,6 +35,8 @@ from engine.pipeline import Pipeline  # noqa: E402
 from hanseq.v1 import hanseq_pb2 as pb  # noqa: E402
 from hanseq.v1 import hanseq_pb2_grpc  # noqa: E402
 
+FRESH = pb.DecodingOptions(no_cache=True)  # every request decoded: this measures batching
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,9 +44,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, threads: int, max_batch: int) -> subprocess.Popen:
+def start_server(
+    model: str, port: int, threads: int, max_batch: int, **settings: str
+) -> subprocess.Popen:
     env = {
         **os.environ,
+        "HANSEQ_METRICS_PORT": "-1",
         "HANSEQ_PORT": str(port),
         "HANSEQ_MODELS": model,
         "HANSEQ_DEVICES": "cpu",
@@ -52,6 +57,7 @@ def start_server(model: str, port: int, threads: int, max_batch: int) -> subproc
         "HANSEQ_MAX_BATCH_SIZE": str(max_batch),
         "HANSEQ_LOG_LEVEL": "WARNING",
         "HANSEQ_MAX_QUEUE_SIZE": "100000",
+        **{f"HANSEQ_{k.upper()}": v for k, v in settings.items()},
     }
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "hanseq"), "serve"], env=env, cwd=ROOT
@@ -81,7 +87,8 @@ async def closed_loop(stub, task: str, texts: list[str], clients: int, requests:
     async def client() -> None:
         for i in counter:
             started = time.perf_counter()
-            reply = await stub.Generate(pb.GenerateRequest(task=task, text=texts[i % len(texts)]))
+            request = pb.GenerateRequest(task=task, text=texts[i % len(texts)], options=FRESH)
+            reply = await stub.Generate(request)
             latencies.append(1000 * (time.perf_counter() - started))
             batches.append(reply.batch_size)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import DeadlineExceeded, Overloaded, ServiceError, Unavailable
+from service.metrics import Metrics
 from service.pool import WorkerPool
 from service.settings import Settings
 from service.workers import Worker
@@ -67,8 +68,8 @@ class Request:
 
 
 class Batcher:
-    def __init__(self, pool: WorkerPool, settings: Settings):
-        self.pool, self.settings = pool, settings
+    def __init__(self, pool: WorkerPool, settings: Settings, metrics: Metrics | None = None):
+        self.pool, self.settings, self.metrics = pool, settings, metrics
         self._queues: dict[Key, deque[Request]] = {}
         self._queued: Counter[str] = Counter()
         self._wake = asyncio.Event()
@@ -157,6 +158,16 @@ class Batcher:
             self._queued[key[0]] -= len(queue) - len(kept)
             self._queues[key] = kept
 
+    def _measure(
+        self, task: str, device: str, result: dict, queue_ms: float, compute_ms: float, size: int
+    ) -> None:
+        if self.metrics is not None:
+            m = self.metrics
+            m.queue_wait.labels(task).observe(queue_ms / 1000)
+            m.compute.labels(device).observe(compute_ms / 1000)
+            m.batch_size.labels(task).observe(size)
+            m.tokens.labels(task).inc(len(result["tokens"]) + 1)
+
     def _dispatch(self, worker: Worker, key: Key, batch: list[Request]) -> None:
         """Send a batch to a worker; each row's future is settled when its result arrives."""
         sent = time.monotonic()
@@ -177,6 +188,7 @@ class Batcher:
                 return
             queue_ms = 1000 * (sent - request.enqueued)
             task_info = worker.tasks[key[0]]
+            self._measure(key[0], worker.device, result, queue_ms, compute_ms, size)
             request.future.set_result(Outcome(result, queue_ms, compute_ms, task_info, size))
 
         def on_error(error: ServiceError) -> None:  # the worker died: these may be retried

@@ -12,15 +12,17 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 
 import grpc
 
 from service.errors import ServiceError
+from service.metrics import TASK_OF_METHOD, Metrics
 
 log = logging.getLogger("hanseq.requests")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 SERVICE_PREFIX = "/hanseq.v1."
+SERVICE = "hanseq.v1.Seq2Seq"
 
 
 def _incoming_id(context) -> str:
@@ -31,8 +33,11 @@ def _incoming_id(context) -> str:
 
 
 class _Outcome:
-    def __init__(self, method: str, context):
+    def __init__(self, method: str, kind: str, task: str, context, metrics: Metrics | None):
         self.method, self.code, self.started = method, grpc.StatusCode.OK, time.perf_counter()
+        self.kind, self.task, self.metrics = kind, task, metrics
+        if metrics is not None:
+            metrics.grpc_started.labels(kind, SERVICE, method).inc()
         self.rid = _incoming_id(context)
         self.token = request_id.set(self.rid)
         context.set_trailing_metadata((("x-request-id", self.rid),))
@@ -53,13 +58,21 @@ class _Outcome:
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {self.rid})")
 
     def close(self) -> None:
+        seconds = time.perf_counter() - self.started
+        if self.metrics is not None:
+            m, labels = self.metrics, (self.kind, SERVICE, self.method)
+            m.grpc_handled.labels(*labels, self.code.name).inc()
+            m.grpc_seconds.labels(*labels).observe(seconds)
+            if self.task:
+                m.requests.labels(self.task, self.code.name).inc()
+                m.latency.labels(self.task).observe(seconds)
         log.info(
             json.dumps(
                 {
                     "request_id": self.rid,
                     "method": self.method,
                     "code": self.code.name,
-                    "ms": round(1000 * (time.perf_counter() - self.started), 2),
+                    "ms": round(1000 * seconds, 2),
                 }
             )
         )
@@ -67,6 +80,11 @@ class _Outcome:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self, metrics: Metrics | None = None, served: Callable[[], Collection[str]] = tuple
+    ):
+        self.metrics, self.served = metrics, served
+
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
@@ -74,13 +92,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method),
+                _unary(handler.unary_unary, method, self),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, method),
+                _stream(handler.unary_stream, method, self),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -88,9 +106,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 @contextlib.asynccontextmanager
-async def _handled(method: str, context) -> AsyncIterator[None]:
-    """Around one RPC: request id, error -> status, the log line."""
-    outcome = _Outcome(method, context)
+async def _handled(
+    method: str, kind: str, request, context, interceptor: ErrorInterceptor
+) -> AsyncIterator[None]:
+    """Around one RPC: request id, error -> status, metrics, the log line."""
+    task = TASK_OF_METHOD.get(method) or str(getattr(request, "task", ""))
+    if task and task not in interceptor.served():
+        task = "unknown"  # a caller's typo must not become a new time series
+    outcome = _Outcome(method, kind, task, context, interceptor.metrics)
     try:
         yield
     except asyncio.CancelledError:
@@ -104,17 +127,17 @@ async def _handled(method: str, context) -> AsyncIterator[None]:
         outcome.close()
 
 
-def _unary(behaviour, method: str):
+def _unary(behaviour, method: str, interceptor: ErrorInterceptor):
     async def wrapped(request, context):
-        async with _handled(method, context):
+        async with _handled(method, "UNARY", request, context, interceptor):
             return await behaviour(request, context)
 
     return wrapped
 
 
-def _stream(behaviour, method: str):
+def _stream(behaviour, method: str, interceptor: ErrorInterceptor):
     async def wrapped(request, context) -> AsyncIterator:
-        async with _handled(method, context):
+        async with _handled(method, "SERVER_STREAM", request, context, interceptor):
             async for item in behaviour(request, context):
                 yield item
 

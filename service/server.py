@@ -18,9 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from engine.config import ConfigurationError
 from hanseq.v1 import hanseq_pb2, hanseq_pb2_grpc
 from service.batcher import Batcher
+from service.cache import LocalCache, RedisCache, ResponseCache
 from service.interceptors import ErrorInterceptor
+from service.metrics import Metrics
 from service.pool import WorkerPool
 from service.servicer import Seq2SeqServicer
 from service.settings import Settings
@@ -45,6 +48,8 @@ class App:
     batcher: Batcher
     servicer: Seq2SeqServicer
     health: HealthServicer
+    metrics: Metrics
+    cache: ResponseCache
     draining: bool = False
     _known: set[str] = field(default_factory=set)
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -72,15 +77,30 @@ class App:
         self.servicer.ready = False
         await self.batcher.stop()
         await self.pool.stop()
+        await self.cache.close()
+        self.metrics.stop()
+
+    def state(self) -> dict:
+        """What the metrics read at each scrape."""
+        return {
+            "queued": {t: self.batcher.queued(t) for t in self.pool.tasks},
+            "queue_limit": self.settings.max_queue_size,
+            "alive": self.pool.alive_count(),
+            "busy": self.pool.busy_count(),
+            "tasks": self.pool.tasks,
+        }
 
 
 async def create_app(settings: Settings) -> App:
     """Listening and answering health checks at once; SERVING when the models are warm."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=_channel_options(settings))
+    metrics = Metrics()
     pool = WorkerPool(settings)
-    batcher = Batcher(pool, settings)
+    interceptors = [ErrorInterceptor(metrics, served=lambda: pool.tasks)]
+    server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
+    batcher = Batcher(pool, settings, metrics)
     health = HealthServicer()
-    servicer = Seq2SeqServicer(settings, pool, batcher)
+    cache = build_cache(settings, metrics)
+    servicer = Seq2SeqServicer(settings, pool, batcher, cache)
     hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:
@@ -93,8 +113,17 @@ async def create_app(settings: Settings) -> App:
             server,
         )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    app = App(settings, server, port, pool, batcher, servicer, health)
+    app = App(settings, server, port, pool, batcher, servicer, health, metrics, cache)
     servicer.reload = app.reload
+    metrics.watch(app.state)
+    if settings.metrics_port >= 0:
+        try:
+            metrics.start(settings.host, settings.metrics_port)
+        except OSError as e:
+            raise ConfigurationError(
+                f"metrics_port (HANSEQ_METRICS_PORT) {settings.metrics_port}: {e.strerror}; "
+                "choose another, 0 for any free port, or -1 for no metrics"
+            ) from None
     for name in health_names([]):
         await health.set(name, NOT_SERVING)
     await server.start()
@@ -108,6 +137,25 @@ async def create_app(settings: Settings) -> App:
     servicer.ready = True
     await app.update_health()
     return app
+
+
+def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
+    """The in-process layer always; Redis in front of it when ``redis_url`` is set."""
+    shared = None
+    if settings.redis_url:
+        shared = RedisCache(
+            settings.redis_url,
+            settings.cache_prefix,
+            settings.cache_ttl_s,
+            settings.redis_timeout_ms / 1000,
+            settings.cache_breaker_s,
+            on_error=metrics.cache_errors.inc,
+        )
+    return ResponseCache(
+        LocalCache(settings.cache_entries, settings.cache_bytes),
+        shared,
+        on_lookup=lambda layer, result: metrics.cache_lookups.labels(layer, result).inc(),
+    )
 
 
 def _channel_options(s: Settings) -> list[tuple[str, int]]:
@@ -132,6 +180,8 @@ async def serve(settings: Settings) -> int:
         f"{t} ({i['model_id']} {i['model_version']})" for t, i in app.pool.tasks.items()
     )
     log.info("serving %s on %s:%d", tasks, settings.host, app.port)
+    if app.metrics.port:
+        log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics.port)
     await stop.wait()
     log.info("draining (grace %.0f s)", settings.grace_period_s)
     await app.stop()

@@ -12,6 +12,7 @@ from typing import Any
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from service.batcher import Batcher, Outcome, Request
+from service.cache import ResponseCache, cache_key, cacheable
 from service.errors import DeadlineExceeded, InvalidArgument, Unavailable, Unimplemented
 from service.pool import WorkerPool
 from service.settings import Settings
@@ -21,8 +22,10 @@ _DONE = object()
 
 
 class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
-    def __init__(self, settings: Settings, pool: WorkerPool, batcher: Batcher):
-        self.settings, self.pool, self.batcher = settings, pool, batcher
+    def __init__(
+        self, settings: Settings, pool: WorkerPool, batcher: Batcher, cache: ResponseCache
+    ):
+        self.settings, self.pool, self.batcher, self.cache = settings, pool, batcher, cache
         self.ready = False  # set by the server once the workers are warm
         self.reload: Callable[[], Awaitable[Any]] | None = None  # set by the server
 
@@ -54,9 +57,10 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         for i, text in enumerate(texts):
             self._check_text(text, f"texts[{i}]")
         options = self._options(request.options, task)
-        requests = [self._submit(task, t, options, context) for t in texts]
-        outcomes = await self._wait_all(requests, context)
-        return pb.GenerateBatchResponse(results=[_response(o) for o in outcomes])
+        no_cache = request.options.no_cache
+        answers = [self._answer(task, t, options, no_cache, context) for t in texts]
+        results = await self._within(_all(answers), context)
+        return pb.GenerateBatchResponse(results=results)
 
     async def GenerateStream(self, request, context) -> AsyncIterator[pb.GenerateStreamResponse]:
         task = self._task(request.task, "task")
@@ -100,8 +104,52 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             )
         self._check_text(text, field)
         options = self._options(options_pb, task)
+        return await self._within(
+            self._answer(task, text, options, options_pb.no_cache, context), context
+        )
+
+    async def _answer(
+        self, task: str, text: str, options: dict[str, Any], no_cache: bool, context
+    ) -> pb.GenerateResponse:
+        """From the cache, from an identical request in flight, or decoded (then cached)."""
+        if not cacheable(options, no_cache):
+            return _response(await self._decode(task, text, options, context))
+        key = cache_key(self.pool.tasks[task], task, text, options)
+        hit = await self.cache.get(key)
+        if hit is not None:
+            response = pb.GenerateResponse.FromString(hit)
+            response.cached = True
+            return response
+
+        async def decode_and_keep() -> pb.GenerateResponse:
+            outcome = await self._decode(task, text, options, context)
+            response = _response(outcome)
+            kept = pb.GenerateResponse()
+            kept.CopyFrom(response)
+            kept.ClearField("queue_ms")  # per request: never replayed
+            kept.ClearField("compute_ms")
+            kept.ClearField("batch_size")
+            # under the version that decoded it, which a reload may have changed meanwhile
+            decoded_by = cache_key(outcome.task_info, task, text, options)
+            await self.cache.put(decoded_by, kept.SerializeToString())
+            return response
+
+        return await self.cache.single_flight(key, decode_and_keep)
+
+    async def _decode(self, task: str, text: str, options: dict[str, Any], context) -> Outcome:
         req = self._submit(task, text, options, context)
-        return _response(await self._within_deadline(asyncio.shield(req.future), req, context))
+        try:
+            return await asyncio.shield(req.future)
+        except asyncio.CancelledError:  # the caller left or its deadline passed
+            req.cancel()
+            raise
+
+    async def _within(self, awaitable, context):
+        """Await within the caller's deadline."""
+        try:
+            return await asyncio.wait_for(awaitable, context.time_remaining())
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed before the result was ready") from None
 
     def _submit(
         self,
@@ -128,19 +176,6 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         except asyncio.CancelledError:
             req.cancel()
             raise
-
-    async def _wait_all(self, requests: list[Request], context) -> list[Outcome]:
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(r.future) for r in requests)),
-                context.time_remaining(),
-            )
-        except TimeoutError:
-            raise DeadlineExceeded("the deadline passed before every result was ready") from None
-        finally:
-            for r in requests:
-                if not r.future.done():
-                    r.cancel()
 
     def _not_ready(self) -> None:
         if not self.ready:
@@ -238,6 +273,17 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             max_batch_items=s.max_batch_items,
             max_history_turns=s.max_history_turns,
         )
+
+
+async def _all(awaitables: list) -> list:
+    """Every result, in order; when one fails the others stop (their decoding too)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
 
 
 def _get(message, name: str, default):

@@ -48,6 +48,14 @@ class Settings:
     keepalive_time_s: float = _f(30.0, "gRPC keepalive ping interval")
     keepalive_timeout_s: float = _f(10.0, "gRPC keepalive ping timeout")
     reflection: bool = _f(True, "serve gRPC server reflection")
+    redis_url: str = _f("", "shared cache, e.g. redis://host:6379/0 (empty = in-process only)")
+    cache_prefix: str = _f("hanseq:", "prefix of every Redis key")
+    cache_ttl_s: float = _f(86400.0, "how long Redis keeps an answer")
+    cache_entries: int = _f(10000, "answers kept in process at most (0 = no local layer)")
+    cache_bytes: int = _f(64 * 1024 * 1024, "bytes of answers kept in process at most")
+    redis_timeout_ms: float = _f(50.0, "Redis connect/read timeout; slower counts as down")
+    cache_breaker_s: float = _f(5.0, "after a Redis failure, how long to skip it")
+    metrics_port: int = _f(9464, "Prometheus /metrics port (0 = any free port, -1 = off)")
     log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
 
     def models_path(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def start_server(models: Path, port: int, **settings: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "HANSEQ_PORT": str(port),
+        "HANSEQ_METRICS_PORT": "0",
         "HANSEQ_MODELS": str(models),
         "HANSEQ_DEVICES": "cpu",
         "HANSEQ_LOG_LEVEL": "WARNING",
@@ -149,3 +151,46 @@ def start_server(models: Path, port: int, **settings: str) -> subprocess.Popen:
         env=env,
         stderr=subprocess.DEVNULL,
     )
+
+
+class RedisServer:
+    """A real redis-server on a free port, in a temporary directory, persisting nothing;
+    it can be stopped and started again on the same port (an outage, then recovery)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.port = workdir, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed; `make test` installs it"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + ["--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

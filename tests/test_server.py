@@ -32,6 +32,7 @@ CODE = grpc.StatusCode
 def settings_for(models, **overrides):
     base = {
         "port": 0,
+        "metrics_port": 0,
         "models": str(models),
         "devices": "cpu",
         "cpu_threads": 1,
@@ -68,7 +69,9 @@ async def test_every_unary_rpc(served, offline):
     _, stub, _, _ = served
     text = TEXTS[0]
     expect = offline.generate("translate", [text])[0].text
-    assert (await stub.Translate(pb.TranslateRequest(text=text))).text == expect
+    first = await stub.Translate(pb.TranslateRequest(text=text))
+    assert first.text == expect and not first.cached
+    assert first.compute_ms > 0 and first.queue_ms >= 0 and first.batch_size >= 1
     assert (await stub.Summarize(pb.SummarizeRequest(text=text))).text == offline.generate(
         "summarize", [text]
     )[0].text
@@ -80,7 +83,7 @@ async def test_every_unary_rpc(served, offline):
     assert respond.text == offline.generate("respond", [text])[0].text  # context_turns = 0
     generic = await stub.Generate(pb.GenerateRequest(task="translate", text=text))
     assert generic.text == expect and generic.model_id == "service-toy"
-    assert generic.compute_ms > 0 and generic.queue_ms >= 0 and generic.batch_size >= 1
+    assert generic.cached and generic.compute_ms == 0  # the same question as ``first``
 
 
 async def test_batch_keeps_order_and_matches_the_engine(served, offline):
@@ -361,6 +364,7 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
         assert ok.text
 
         # A worker killed mid-batch: its requests fail UNAVAILABLE; a new one takes over.
+        slow = _opts(min_length=120, max_length=128, no_cache=True)  # decoded, not recalled
         calls = [
             asyncio.ensure_future(
                 code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[i], options=slow)))
@@ -374,8 +378,9 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
         os.kill(app.pool.workers[0].pid, signal.SIGKILL)
         codes = {c for c, _ in await asyncio.gather(*calls)}
         assert codes <= {CODE.UNAVAILABLE, CODE.OK} and CODE.UNAVAILABLE in codes
-        ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[0]), timeout=120)
-        assert ok.text
+        fresh = _opts(no_cache=True)  # decoded by the new worker, not recalled
+        ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[0], options=fresh), timeout=120)
+        assert ok.text and not ok.cached
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,200 @@
+"""Prometheus metrics: what the service is doing, on ``/metrics`` (``HANSEQ_METRICS_PORT``).
+
+Names follow Prometheus conventions: the ``hanseq_`` prefix, base units (seconds, bytes),
+``_total`` on counters. The standard gRPC server metrics (``grpc_server_*``, as the Go and
+Java interceptors name them) come from our own interceptor, since py-grpc-prometheus has no
+asyncio one. Gauges that describe the current state (queue depth, workers, bundles) are read
+at scrape time, so they cannot drift from the truth. Each App has its own registry: several
+servers can live in one process (the tests do that).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+# 1 ms to 30 s: a cache hit, a short greedy answer, a long beam search, a stuck queue.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TASK_OF_METHOD = {"Translate": "translate", "Respond": "respond", "Summarize": "summarize"}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "hanseq_requests",
+            "Task requests answered, by status code",
+            ["task", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "hanseq_request_duration_seconds",
+            "Time to answer a task request, receipt to reply",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "hanseq_queue_wait_seconds",
+            "Time a request waited for a worker",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "hanseq_batch_size",
+            "Rows decoding together when a request joined its worker's batch",
+            ["task"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "hanseq_compute_seconds",
+            "Decoding time of a request on its worker",
+            ["device"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "hanseq_generated_tokens",
+            "Output tokens generated (EOS included)",
+            ["task"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "hanseq_cache_lookups",
+            "Cache lookups by layer and result",
+            ["layer", "result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "hanseq_cache_errors", "Redis calls that failed or timed out", registry=r
+        )
+        grpc_labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.grpc_started = Counter(
+            "grpc_server_started", "RPCs started on the server", grpc_labels, registry=r
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            [*grpc_labels, "grpc_code"],
+            registry=r,
+        )
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC on the server",
+            grpc_labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        r.register(_GpuCollector())
+        self._server: Any = None
+        self.port = 0
+
+    def watch(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Gauges read at scrape time from ``state()`` (see _StateCollector)."""
+        self.registry.register(_StateCollector(state))
+
+    def start(self, host: str, port: int) -> int:
+        """Serve /metrics on its own thread -> the port (``port`` 0 = any free one)."""
+        self._server, _ = start_http_server(port, host, registry=self.registry)
+        self.port = self._server.server_port
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _StateCollector(Collector):
+    """queue depth per task, workers alive/busy, and the bundle serving each task.
+
+    ``state()`` -> {"queued": {task: n}, "queue_limit": n, "alive": n, "busy": n,
+    "tasks": {task: info}}."""
+
+    def __init__(self, state: Callable[[], dict[str, Any]]):
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state()
+        queued = GaugeMetricFamily(
+            "hanseq_queue_depth", "Requests waiting for a worker", labels=["task"]
+        )
+        for task, n in sorted(state["queued"].items()):
+            queued.add_metric([task], n)
+        yield queued
+        yield GaugeMetricFamily(
+            "hanseq_queue_limit",
+            "Queued requests per task before RESOURCE_EXHAUSTED (max_queue_size)",
+            value=state["queue_limit"],
+        )
+        yield GaugeMetricFamily("hanseq_workers_alive", "Live workers", value=state["alive"])
+        yield GaugeMetricFamily(
+            "hanseq_workers_busy", "Workers decoding at least one row", value=state["busy"]
+        )
+        info = InfoMetricFamily("hanseq_bundle", "The bundle serving each task", labels=["task"])
+        for task, i in sorted(state["tasks"].items()):
+            info.add_metric([task], {"model_id": i["model_id"], "version": i["model_version"]})
+        yield info
+
+
+class _GpuCollector(Collector):
+    """GPU memory used/total and utilisation per device, read through NVML (nvidia-ml-py),
+    which needs no CUDA context in the server process. Where there is no NVIDIA driver the
+    collector yields nothing, and stops asking after the first failure."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._absent = False
+
+    def collect(self) -> Iterator[Metric]:
+        handles = self._devices()
+        if not handles:
+            return
+        used = GaugeMetricFamily(
+            "hanseq_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"]
+        )
+        total = GaugeMetricFamily("hanseq_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        busy = GaugeMetricFamily(
+            "hanseq_gpu_utilization_ratio", "Time the GPU was busy (0-1)", labels=["gpu"]
+        )
+        nvml = self._nvml
+        for index, handle in enumerate(handles):
+            try:
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+            except nvml.NVMLError as e:
+                log.warning("NVML read of GPU %d failed: %s", index, e)
+                continue
+            used.add_metric([str(index)], float(memory.used))
+            total.add_metric([str(index)], float(memory.total))
+            busy.add_metric([str(index)], rates.gpu / 100.0)
+        yield from (used, total, busy)
+
+    def _devices(self) -> list[Any]:
+        if self._absent:
+            return []
+        try:
+            import pynvml
+
+            if self._nvml is None:
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            count = pynvml.nvmlDeviceGetCount()
+            return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except Exception:  # no driver, no library: a CPU machine
+            self._absent = True
+            return []
