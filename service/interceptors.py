@@ -59,6 +59,7 @@ class _Outcome:
 
     def close(self) -> None:
         seconds = time.perf_counter() - self.started
+        request_id.reset(self.token)
         if self.metrics is not None:
             m, labels = self.metrics, (self.kind, SERVICE, self.method)
             m.grpc_handled.labels(*labels, self.code.name).inc()
@@ -66,6 +67,8 @@ class _Outcome:
             if self.task:
                 m.requests.labels(self.task, self.code.name).inc()
                 m.latency.labels(self.task).observe(seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             json.dumps(
                 {
@@ -76,7 +79,6 @@ class _Outcome:
                 }
             )
         )
-        request_id.reset(self.token)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -84,12 +86,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self, metrics: Metrics | None = None, served: Callable[[], Collection[str]] = tuple
     ):
         self.metrics, self.served = metrics, served
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # built once per method
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
+        return wrapped
+
+    def _wrap(self, handler, full_method: str):
+        method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary, method, self),
