@@ -2,11 +2,13 @@
 
 A worker decodes up to ``max_batch_size`` rows at once and takes new rows while it decodes
 (continuous batching, service/worker_process.py). A batch leaves the queue when it fills the
-room a worker has, or when its oldest request has waited ``max_queue_delay_ms``: an idle worker
-waits a moment for companions, a busy one is topped up at once. When more requests wait than
-fit, the oldest goes with its nearest neighbours in length (less padding, nobody starves). A
-request whose deadline has passed, or whose caller has gone, is dropped before it costs any
-compute; one cancelled while decoding leaves at the next step. Results come back row by row.
+room a worker has, or when its oldest request has waited ``max_queue_delay_ms``; requests
+joining a worker that is already decoding go in groups (a quarter of its rows, or after
+``join_delay_ms``), because each join costs the running batch a re-concatenation. When more
+requests wait than fit, the oldest goes with its nearest neighbours in length (less padding,
+nobody starves). A request whose deadline has passed, or whose caller has gone, is dropped
+before it costs any compute; one cancelled while decoding leaves at the next step. Results
+come back row by row.
 """
 
 from __future__ import annotations
@@ -113,7 +115,6 @@ class Batcher:
     async def _take(self, worker: Worker) -> tuple[Key, list[Request]] | None:
         """Wait until some queue has a batch ready for ``worker``; take it. None: the worker
         has no room any more (it died, or a reload replaced it): acquire another."""
-        delay = self.settings.max_queue_delay_ms / 1000
         while self.pool.current(worker) and worker.free > 0:
             self._drop_dead()
             waiting = [k for k, q in self._queues.items() if q]
@@ -124,13 +125,28 @@ class Batcher:
             key = min(waiting, key=lambda k: self._queues[k][0].enqueued)
             queue = self._queues[key]
             room = min(self.settings.max_batch_size, worker.free)
+            enough, delay = self._readiness(worker, room)
             due = queue[0].enqueued + delay
-            if len(queue) >= room or time.monotonic() >= due:
+            if len(queue) >= enough or time.monotonic() >= due:
                 return key, self._select(key, room)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due - time.monotonic())
         return None
+
+    def _readiness(self, worker: Worker, room: int) -> tuple[int, float]:
+        """(requests that make a batch ready, longest the oldest may wait for them).
+
+        An idle worker: its room, or ``max_queue_delay_ms``. A busy one: a quarter of the rows
+        it is decoding, or ``join_delay_ms``. Every join re-concatenates the running batch and
+        runs the encoder, so joining one request at a time costs throughput (measured at 32
+        clients: 111 req/s joining at once, 147-171 with 5 ms of grouping, 178-185 with 20),
+        while a quarter of the rows is reached quickly and a small batch joins at once.
+        """
+        s = self.settings
+        if worker.load == 0:
+            return room, s.max_queue_delay_ms / 1000
+        return min(room, max(1, worker.load // 4)), s.join_delay_ms / 1000
 
     def _select(self, key: Key, size: int) -> list[Request]:
         queue = self._queues[key]

@@ -34,6 +34,9 @@ class Settings:
     half_precision: bool = _f(True, "fp16 weights on CUDA workers (never on CPU)")
     max_batch_size: int = _f(64, "requests decoded together at most")
     max_queue_delay_ms: float = _f(5.0, "longest a request waits for its batch to fill")
+    join_delay_ms: float = _f(
+        20.0, "longest a request waits for companions to join a worker already decoding"
+    )
     max_queue_size: int = _f(1024, "queued requests per task before RESOURCE_EXHAUSTED")
     max_input_chars: int = _f(2000, "longest input text, in characters")
     max_beam_size: int = _f(8, "largest beam_size a request may ask for")
@@ -145,8 +148,10 @@ def validate(s: Settings) -> None:
             raise ConfigurationError(f"{name} ({env_name(name)}) must be > 0")
     if not 0 <= s.port <= 65535:
         raise ConfigurationError(f"port ({env_name('port')}) must be in 0..65535")
-    if s.max_queue_delay_ms < 0 or s.grace_period_s < 0:
-        raise ConfigurationError("max_queue_delay_ms and grace_period_s must be >= 0")
+    if s.max_queue_delay_ms < 0 or s.join_delay_ms < 0 or s.grace_period_s < 0:
+        raise ConfigurationError(
+            "max_queue_delay_ms, join_delay_ms and grace_period_s must be >= 0"
+        )
     if not 1 <= s.default_beam_size <= s.max_beam_size:
         raise ConfigurationError("default_beam_size must be in 1..max_beam_size")
 
