@@ -92,8 +92,11 @@ class Pipeline:
         sources = self.tokenize(texts)
         order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
         results: dict[int, Generation] = {}
-        decode = self._running if opts.beam_size == 1 else self._static
-        for i, hyps in decode(task, sources, order, opts, cancelled, on_partial):
+        if opts.beam_size == 1:
+            decoded = self._running(task, sources, order, opts, cancelled, on_partial)
+        else:
+            decoded = self._static(task, sources, order, opts, cancelled)
+        for i, hyps in decoded:
             results[i] = self.result(task, sources[i], hyps)
             if progress:
                 progress(1)
@@ -141,7 +144,6 @@ class Pipeline:
         order: list[int],
         opts: SearchOptions,
         cancelled: Callable[[], Sequence[bool]] | None,
-        on_partial: Callable[[int, str], None] | None,
     ) -> Iterator[tuple[int, list[Hypothesis]]]:
         """Beam search, ``batch_size`` inputs at a time (shortest first)."""
         for start in range(0, len(order), self.batch_size):

@@ -75,12 +75,12 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         req = self._submit(task, request.text, options, context, on_partial=partials.put_nowait)
         req.future.add_done_callback(lambda _: partials.put_nowait(_DONE))
         try:
-            while (item := await self._within_deadline(partials.get(), req, context)) is not _DONE:
+            while (item := await self._within(partials.get(), context)) is not _DONE:
                 yield pb.GenerateStreamResponse(text=item)
             outcome = req.future.result()
         finally:
             if not req.future.done():
-                req.cancel()  # the caller left mid-stream: stop decoding it
+                req.cancel()  # the caller left or its deadline passed: stop decoding it
         yield pb.GenerateStreamResponse(
             text=outcome.result["text"], final=True, result=_response(outcome)
         )
@@ -165,17 +165,6 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         request = Request(task, text, options, deadline, on_partial)
         self.batcher.submit(request)
         return request
-
-    async def _within_deadline(self, awaitable, req: Request, context):
-        """Await within the caller's deadline; a caller that leaves cancels its request."""
-        try:
-            return await asyncio.wait_for(awaitable, context.time_remaining())
-        except TimeoutError:
-            req.cancel()
-            raise DeadlineExceeded("the deadline passed before the result was ready") from None
-        except asyncio.CancelledError:
-            req.cancel()
-            raise
 
     def _not_ready(self) -> None:
         if not self.ready:

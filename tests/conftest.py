@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.bundle import Bundle, load_bundle
 from engine.config import Config, TaskConfig, from_dict
+from engine.pipeline import Pipeline
 from engine.training import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +94,17 @@ def toy_bundle_path(toy_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_bundle(toy_bundle_path) -> Bundle:
     return load_bundle(toy_bundle_path)
+
+
+@pytest.fixture(scope="module")
+def pipeline(toy_bundle) -> Pipeline:
+    """The toy model behind a Pipeline (one per module: tests may change its settings)."""
+    return Pipeline.from_bundle(toy_bundle)
+
+
+def encode_texts(pipeline: Pipeline, texts: list[str]):
+    """Texts -> the (ids, lengths) batch that search() and RunningBatch.join() take."""
+    return pipeline.encode_sources(pipeline.tokenize(texts))
 
 
 def three_task_config(root: Path, output_dir: Path) -> Config:

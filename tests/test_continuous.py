@@ -9,23 +9,14 @@ import torch
 from engine.continuous import RunningBatch
 from engine.options import InvalidOptions, SearchOptions
 from engine.pipeline import Pipeline
-from tests.conftest import reversal_pairs
+from tests.conftest import encode_texts, reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(30, seed=21)]
 
 
-@pytest.fixture(scope="module")
-def pipeline(toy_bundle):
-    return Pipeline.from_bundle(toy_bundle)
-
-
-def _encode(pipeline, texts):
-    return pipeline.encode_sources([pipeline.source.tokenizer.tokenize(t) for t in texts])
-
-
 def _alone(pipeline, text, opts):
     running = RunningBatch(pipeline.model, "reverse", opts)
-    running.join(*_encode(pipeline, [text]), [0])
+    running.join(*encode_texts(pipeline, [text]), [0])
     while True:
         done = running.step()
         if done:
@@ -49,7 +40,7 @@ def test_rows_joining_at_every_step_decode_as_if_alone(pipeline, opts):
     while pending or running:
         if pending:
             key, text = pending.pop(0)
-            running.join(*_encode(pipeline, [text]), [key])
+            running.join(*encode_texts(pipeline, [text]), [key])
         for done in running.step():
             assert not done.cancelled
             found[done.key] = done.hypothesis
@@ -65,7 +56,7 @@ def test_rows_joining_at_every_step_decode_as_if_alone(pipeline, opts):
 
 def test_a_cancelled_row_leaves_with_what_it_has(pipeline):
     running = RunningBatch(pipeline.model, "reverse", SearchOptions())
-    running.join(*_encode(pipeline, INPUTS[:3]), [10, 11, 12])
+    running.join(*encode_texts(pipeline, INPUTS[:3]), [10, 11, 12])
     first = running.step()
     running.cancel([11])
     left = running.step() + first

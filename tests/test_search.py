@@ -8,18 +8,9 @@ import torch
 from engine.pipeline import Pipeline
 from engine.search import InvalidOptions, SearchOptions, search
 from engine.vocabulary import EOS_ID
-from tests.conftest import reversal_pairs
+from tests.conftest import encode_texts, reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(40, seed=7)]
-
-
-@pytest.fixture(scope="module")
-def pipeline(toy_bundle):
-    return Pipeline.from_bundle(toy_bundle)
-
-
-def _batch(pipeline, texts):
-    return pipeline.encode_sources([pipeline.source.tokenizer.tokenize(t) for t in texts])
 
 
 def test_learned_the_toy_task(pipeline):
@@ -32,7 +23,7 @@ def test_learned_the_toy_task(pipeline):
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_never_scores_below_greedy(pipeline, alpha):
-    src, src_len = _batch(pipeline, INPUTS)
+    src, src_len = encode_texts(pipeline, INPUTS)
     greedy = search(pipeline.model, "reverse", src, src_len, SearchOptions(length_penalty=alpha))
     beam = search(
         pipeline.model, "reverse", src, src_len, SearchOptions(beam_size=5, length_penalty=alpha)
@@ -67,7 +58,7 @@ def test_n_best_is_sorted_and_distinct(pipeline):
 
 
 def test_min_and_max_length(pipeline):
-    src, src_len = _batch(pipeline, INPUTS[:8])
+    src, src_len = encode_texts(pipeline, INPUTS[:8])
     short = search(pipeline.model, "reverse", src, src_len, SearchOptions(max_length=2))
     assert all(len(h[0].tokens) <= 1 for h in short)
     long = search(
@@ -78,7 +69,7 @@ def test_min_and_max_length(pipeline):
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_no_repeat_ngram(pipeline, beam):
-    src, src_len = _batch(pipeline, ["사과 사과 사과 사과 바다 사과 사과"])
+    src, src_len = encode_texts(pipeline, ["사과 사과 사과 사과 바다 사과 사과"])
     opts = SearchOptions(beam_size=beam, no_repeat_ngram=1)
     tokens = search(pipeline.model, "reverse", src, src_len, opts)[0][0].tokens
     assert len(tokens) == len(set(tokens)) and EOS_ID not in tokens
