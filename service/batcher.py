@@ -82,9 +82,11 @@ class Batcher:
 
     def submit(self, request: Request) -> asyncio.Future:
         if self._queued[request.task] >= self.settings.max_queue_size:
+            wait = self.settings.retry_after_ms
             raise Overloaded(
                 f"the {request.task} queue is full ({self.settings.max_queue_size} requests "
-                "waiting); retry with backoff"
+                f"waiting); retry after {wait} ms",
+                retry_after_ms=wait,
             )
         self._queues.setdefault(request.key, deque()).append(request)
         self._queued[request.task] += 1

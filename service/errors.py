@@ -16,6 +16,10 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """Extra trailing metadata sent with this status."""
+        return ()
+
 
 class InvalidArgument(ServiceError):
     """Bad input: the message names the field and the limit."""
@@ -28,7 +32,18 @@ class InvalidArgument(ServiceError):
 
 
 class Overloaded(ServiceError):
+    """Too much work queued. ``retry_after_ms`` travels as ``grpc-retry-pushback-ms``, which
+    gRPC's own retry policy (the one the bundled client configures) obeys instead of its
+    backoff: an overloaded server asks for a longer pause than a flaky connection gets."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        return (("grpc-retry-pushback-ms", str(self.retry_after_ms)),)
 
 
 class Unavailable(ServiceError):

@@ -52,6 +52,7 @@ class _Outcome:
         """Record the status and end the RPC with it (context.abort raises)."""
         if isinstance(error, ServiceError):
             self.code = error.code
+            context.set_trailing_metadata((("x-request-id", self.rid), *error.trailers()))
             await context.abort(error.code, error.message)
         log.error("unhandled error in %s (request %s)", self.method, self.rid, exc_info=error)
         self.code = grpc.StatusCode.INTERNAL

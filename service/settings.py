@@ -38,6 +38,9 @@ class Settings:
         20.0, "longest a request waits for companions to join a worker already decoding"
     )
     max_queue_size: int = _f(1024, "queued requests per task before RESOURCE_EXHAUSTED")
+    retry_after_ms: int = _f(
+        500, "with RESOURCE_EXHAUSTED, how long the caller is told to wait (gRPC retry pushback)"
+    )
     max_input_chars: int = _f(2000, "longest input text, in characters")
     max_beam_size: int = _f(8, "largest beam_size a request may ask for")
     max_n_best: int = _f(8, "largest n_best a request may ask for")
@@ -136,6 +139,7 @@ def validate(s: Settings) -> None:
     positive = [
         "max_batch_size",
         "max_queue_size",
+        "retry_after_ms",
         "max_input_chars",
         "max_beam_size",
         "max_n_best",

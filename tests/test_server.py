@@ -349,16 +349,20 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
     try:
         slow = _opts(min_length=120, max_length=128)
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(
-                code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[i % 60], options=slow)))
-                for i in range(40)
-            )
-        )
+        calls = [
+            stub.Translate(pb.TranslateRequest(text=TEXTS[i % 60], options=slow)) for i in range(40)
+        ]
+        results = await asyncio.gather(*(code_of(c) for c in calls))
         codes = [c for c, _ in results]
         assert codes.count(CODE.RESOURCE_EXHAUSTED) >= 20 and CODE.OK in codes
         assert set(codes) <= {CODE.OK, CODE.RESOURCE_EXHAUSTED}
-        assert "queue is full" in next(d for c, d in results if c == CODE.RESOURCE_EXHAUSTED)
+        refused = next(i for i, (c, _) in enumerate(results) if c == CODE.RESOURCE_EXHAUSTED)
+        assert (
+            "queue is full" in results[refused][1] and "retry after 500 ms" in results[refused][1]
+        )
+        # The pause gRPC's retry policy takes instead of its backoff, and the id for the logs.
+        trailers = dict(await calls[refused].trailing_metadata())
+        assert trailers["grpc-retry-pushback-ms"] == "500" and trailers["x-request-id"]
         assert time.monotonic() - started < 60
         ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[0]))  # recovered
         assert ok.text
