@@ -17,15 +17,17 @@ GRPC_TOOLS := grpcio-tools==1.85.1
 serve: $(STAMP)
 	$(BIN)/hanseq serve
 
+LINTED := engine service tests bench clients/python
+
 test: $(STAMP) test-system-deps
-	$(BIN)/ruff check engine service tests bench
-	$(BIN)/ruff format --check engine service tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine service tests bench
-	$(BIN)/ruff format --check engine service tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 install: $(STAMP)
@@ -35,17 +37,22 @@ system-deps:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
 
-# What only the tests need: a real Redis server (the cache tests start their own).
+# What only the tests need: a real Redis server (the cache tests start their own), a font
+# with Hangul (attention plots) and openssl (throwaway TLS certificates).
 test-system-deps:
-	@command -v redis-server >/dev/null || { \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	[ -e /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || missing="$$missing fonts-nanum"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }
 
-$(STAMP): pyproject.toml $(PROTO) | system-deps
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py $(PROTO) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(GRPC_TOOLS)'
 	$(MAKE) gen
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
+	$(BIN)/pip install -q -e './clients/python[plot]'
 	touch $(STAMP)
 
 # Python stubs (+ .pyi types) from the .proto: built, never committed.
@@ -57,4 +64,5 @@ $(GEN): $(PROTO)
 	touch gen/hanseq/__init__.py gen/hanseq/v1/__init__.py
 
 clean:
-	rm -rf $(VENV) build gen *.egg-info
+	rm -rf $(VENV) build gen *.egg-info clients/python/src/hanseq_client/_proto \
+	  clients/python/build clients/python/src/*.egg-info

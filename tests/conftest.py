@@ -206,3 +206,58 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+class HanseqServer:
+    """`hanseq serve` in its own process on a free port, as a client sees it; it can be
+    stopped (SIGTERM: drain) and started again on the same port."""
+
+    def __init__(self, models: Path, **settings: str):
+        self.models, self.settings, self.port = models, settings, free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start_server(self.models, self.port, **self.settings)
+        with grpc.insecure_channel(self.target) as channel:
+            wait_serving(channel, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(60)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def hanseq_server(service_bundle_path):
+    """One real server for the client tests (translate / respond / summarize on toy data)."""
+    server = HanseqServer(service_bundle_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_certificates(directory: Path) -> Path:
+    """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client certificate,
+    made by the openssl command (installed by `make test` where missing); PEM files in
+    ``directory``: ca.pem, server.pem/.key, client.pem/.key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=hanseq test CA")  # fmt: skip
+    for name, extension in (
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                "-extfile", f"{name}.ext")  # fmt: skip
+    return directory

@@ -86,3 +86,25 @@ def test_service_python_example_runs(service_bundle_path):
 
 def test_there_are_examples_to_run():
     assert len(commands()) >= 5
+
+
+def client_commands() -> list[str]:
+    text = "\n".join(blocks("sh")).replace("\\\n", " ")
+    return [line for line in text.splitlines() if "hanseq-client " in line]
+
+
+@pytest.mark.parametrize("command", client_commands())
+def test_client_example_runs(command, hanseq_server):
+    run = subprocess.run(
+        ["bash", "-c", "set -o pipefail; " + command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "HANSEQ_TARGET": hanseq_server.target,
+        },  # fmt: skip
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()

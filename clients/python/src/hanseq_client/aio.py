@@ -1,0 +1,181 @@
+"""The asyncio client: the same methods as ``Client``, awaited; ``stream`` is an async iterator.
+Use it from one event loop (gRPC's asyncio channels belong to the loop that first uses them)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, Unpack
+
+import grpc
+
+from hanseq_client import calls
+from hanseq_client._proto import hanseq_pb2 as pb
+from hanseq_client.channel import DEFAULT_TARGET, TLS, Connection, Retry
+from hanseq_client.errors import from_rpc_error
+from hanseq_client.inputs import DecodingOptions, Turn
+from hanseq_client.results import (
+    ModelInfo,
+    Models,
+    Result,
+    StreamUpdate,
+    models_from_pb,
+    result_from_pb,
+    task_from_pb,
+    update_from_pb,
+)
+
+
+class AsyncClient:
+    """A hanseq client for asyncio; the arguments are ``Client``'s."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls: TLS | bool | None = None,
+        retry: Retry | None = None,
+        wait_for_ready: bool = False,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ):
+        self._conn = Connection(target, token, tls, retry or Retry(), max_message_bytes)
+        self.timeout, self.wait_for_ready = timeout, wait_for_ready
+        credentials = self._conn.credentials()
+        options = self._conn.options()
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self._stubs = calls.stubs(self._channel)
+
+    @property
+    def target(self) -> str:
+        return self._conn.target
+
+    async def translate(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        return await self._result("Translate", calls.translate(text, options), timeout, request_id)
+
+    async def respond(
+        self,
+        message: str,
+        history: Sequence[Turn | tuple[str, bool]] = (),
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        request = calls.respond(message, history, options)
+        return await self._result("Respond", request, timeout, request_id)
+
+    async def summarize(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        return await self._result("Summarize", calls.summarize(text, options), timeout, request_id)
+
+    async def generate(
+        self,
+        task: str,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        request = calls.generate(task, text, options)
+        return await self._result("Generate", request, timeout, request_id)
+
+    def stream(
+        self,
+        task: str,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> AsyncIterator[StreamUpdate]:
+        """``async for update in client.stream(...)``; leaving the loop early cancels the call."""
+        request = calls.generate(task, text, options)
+        return self._updates(request, timeout, request_id)
+
+    async def batch(
+        self,
+        task: str,
+        texts: Iterable[str],
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> list[Result]:
+        request = calls.batch(task, texts, options)
+        if not request.texts:
+            return []
+        reply, ms = await self._call("GenerateBatch", request, timeout, request_id)
+        return [result_from_pb(r, ms) for r in reply.results]
+
+    async def models(self, *, timeout: float | None = None) -> Models:
+        reply, _ = await self._call("ListModels", pb.ListModelsRequest(), timeout, None)
+        return models_from_pb(reply)
+
+    async def reload(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        reply, _ = await self._call("ReloadModels", pb.ReloadModelsRequest(), timeout, None)
+        return [task_from_pb(t) for t in reply.tasks]
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.target!r})"
+
+    async def _result(self, method: str, request: Any, timeout: float | None, rid: str | None):
+        reply, ms = await self._call(method, request, timeout, rid)
+        return result_from_pb(reply, ms)
+
+    async def _call(self, method: str, request: Any, timeout: float | None, rid: str | None):
+        started = time.perf_counter()
+        try:
+            reply = await self._stubs[method](
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._conn.metadata(rid),
+                wait_for_ready=self.wait_for_ready,
+            )
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return reply, (time.perf_counter() - started) * 1000
+
+    async def _updates(self, request: Any, timeout: float | None, rid: str | None):
+        started = time.perf_counter()
+        call = self._stubs["GenerateStream"](
+            request,
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._conn.metadata(rid),
+            wait_for_ready=self.wait_for_ready,
+        )
+        try:
+            async for reply in call:
+                yield update_from_pb(reply, (time.perf_counter() - started) * 1000)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()

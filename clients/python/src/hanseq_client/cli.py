@@ -1,0 +1,378 @@
+"""``hanseq-client``: call a hanseq server from the shell.
+
+Text comes as an argument, or one input per line on stdin (sent in batches, printed in order;
+an empty line gives an empty line). Exit status: 0 done; 1 the call failed (unreachable,
+overloaded, deadline, server error); 2 the input or the command line is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from hanseq_client.channel import DEFAULT_TARGET, TLS
+from hanseq_client.client import Client
+from hanseq_client.errors import HanseqError, InvalidInput
+from hanseq_client.inputs import Turn
+from hanseq_client.results import Models, Result
+from hanseq_client.version import __version__
+
+TASKS = ("translate", "respond", "summarize")
+EPILOG = """\
+examples:
+  hanseq-client translate '파일을 열 수 없습니다.'
+  printf '안녕하세요\\n감사합니다\\n' | hanseq-client translate --beam 4 --json
+  hanseq-client respond --user '안녕' --service '안녕하세요!' '오늘 뭐 해?'
+  hanseq-client translate '사과 바다' --plot-attention attention.png
+  hanseq-client --target dns:///hanseq.ml.svc.cluster.local:50051 models
+
+exit status: 0 done; 1 the call failed (unreachable, overloaded, deadline, server error);
+2 the input or the command line is invalid.
+"""
+
+
+class Exit(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        with _client(args) as client:
+            return args.run(client, args)
+    except Exit as e:
+        print(f"hanseq-client: {e.message}", file=sys.stderr)
+        return e.status
+    except HanseqError as e:
+        print(f"hanseq-client: {e}", file=sys.stderr)
+        return 2 if isinstance(e, InvalidInput) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse fills ``generate TASK [TEXT]`` before it reads the flags between them, so in
+    ``generate translate --beam 4 '...'`` the text is left over: it is TEXT."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if len(extra) == 1 and getattr(args, "text", "") is None and not extra[0].startswith("-"):
+        args.text = extra[0]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hanseq-client",
+        description="Call a hanseq server: translate, respond, summarize, or any task by name.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hanseq-client {__version__}")
+    _connection_flags(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    connection = argparse.ArgumentParser(add_help=False)
+    _connection_flags(connection, defaults=False)
+    for task in TASKS:
+        sub = commands.add_parser(task, parents=[connection], help=f"the {task} task")
+        if task == "respond":
+            _history_flags(sub)
+        _task_flags(sub)
+        sub.set_defaults(run=run_task, task=task)
+    sub = commands.add_parser("generate", parents=[connection], help="any task by name")
+    sub.add_argument("task", metavar="TASK", help="a task the server serves (see `models`)")
+    _task_flags(sub)
+    sub.set_defaults(run=run_task)
+    sub = commands.add_parser("models", parents=[connection], help="tasks, models and limits")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(run=run_models)
+    return parser
+
+
+def _connection_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """On the main parser (with defaults) and on every command (without, so that a flag given
+    before the command is not reset by the command's parser)."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    env = os.environ.get
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        default=default(env("HANSEQ_TARGET", DEFAULT_TARGET)),
+        help=f"host:port or dns:///name:port (env HANSEQ_TARGET; default {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=default(30.0), help="deadline per call, seconds (30)"
+    )
+    group.add_argument(
+        "--token",
+        default=default(env("HANSEQ_TOKEN")),
+        help="bearer token (env HANSEQ_TOKEN; prefer the env var: flags show in `ps`)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="TLS with the system's trusted roots",
+    )
+    group.add_argument("--ca", default=default(None), help="PEM file of roots (implies --tls)")
+    group.add_argument("--cert", default=default(None), help="client certificate (mutual TLS)")
+    group.add_argument("--key", default=default(None), help="client private key (mutual TLS)")
+    group.add_argument(
+        "--server-name", default=default(None), help="name to check in the server's certificate"
+    )
+
+
+def _history_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("conversation (earlier turns, in the order given)")
+    for flag, from_user in (("--user", True), ("--service", False)):
+        group.add_argument(
+            flag,
+            dest="history",
+            action=_TurnAction,
+            from_user=from_user,
+            default=[],
+            metavar="TEXT",
+            help=f"an earlier turn said by the {flag[2:]}",
+        )
+
+
+class _TurnAction(argparse.Action):
+    def __init__(self, *args, from_user: bool, **kw):
+        super().__init__(*args, **kw)
+        self.from_user = from_user
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        turns = [*getattr(namespace, self.dest, []), Turn(str(values), self.from_user)]
+        setattr(namespace, self.dest, turns)
+
+
+def _task_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "text",
+        nargs="?",
+        metavar="TEXT",
+        help="the input; without it (or with -), one input per line of stdin",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per input: text, score, alternatives, timings...",
+    )
+    out.add_argument(
+        "--plot-attention",
+        metavar="FILE.png",
+        help="draw the attention of one input as a heatmap (needs the plot extra)",
+    )
+    out.add_argument("--font", help="font file for --plot-attention (default: one with Hangul)")
+    out.add_argument(
+        "--batch-size", type=_positive, default=32, help="stdin lines per call (default 32)"
+    )
+    out.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=4,
+        help="calls in flight at once for stdin input (default 4)",
+    )
+    dec = parser.add_argument_group("decoding (left out: the server's default)")
+    dec.add_argument("--beam", dest="beam_size", type=int, help="beam size; 1 = greedy")
+    dec.add_argument("--n-best", type=int, help="alternatives returned (<= beam)")
+    dec.add_argument("--max-length", type=int, help="output tokens at most")
+    dec.add_argument("--min-length", type=int, help="output tokens at least")
+    dec.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
+    dec.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of this size")
+    dec.add_argument("--sample", action="store_true", help="sample instead of greedy/beam")
+    dec.add_argument("--temperature", type=float, help="sampling temperature")
+    dec.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    dec.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    dec.add_argument("--seed", type=int, help="sampling seed (same seed, same output)")
+    dec.add_argument(
+        "--attention",
+        dest="return_attention",
+        action="store_true",
+        help="include tokens and the attention matrix (in --json)",
+    )
+    dec.add_argument("--no-cache", action="store_true", help="bypass the server's cache")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+OPTION_FLAGS = (
+    "beam_size",
+    "n_best",
+    "max_length",
+    "min_length",
+    "length_penalty",
+    "no_repeat_ngram",
+    "sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "return_attention",
+    "no_cache",
+)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags given: the server's defaults stay in charge of the rest."""
+    return {n: getattr(args, n) for n in OPTION_FLAGS if getattr(args, n) not in (None, False)}
+
+
+def _client(args: argparse.Namespace) -> Client:
+    tls: TLS | bool | None = None
+    if args.ca or args.cert or args.key or args.server_name:
+        tls = TLS(args.ca, args.cert, args.key, args.server_name)
+    elif args.tls:
+        tls = True
+    try:
+        return Client(args.target, timeout=args.timeout, token=args.token, tls=tls)
+    except (OSError, ValueError) as e:
+        raise Exit(2, str(e)) from None
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def run_task(client: Client, args: argparse.Namespace) -> int:
+    options = _options(args)
+    if args.plot_attention:
+        options["return_attention"] = True
+        _check_plotting(args.font)  # before the call: a missing font should not waste it
+    if args.text is not None and args.text != "-":
+        results: list[Result | None] = [_one(client, args, args.text, options)]
+    else:
+        results = _batched(client, args, _stdin_lines(args), options)
+    for result in results:
+        _print(result, args.json)
+    if args.plot_attention:
+        (result,) = (r for r in results if r is not None)
+        _plot(result, args)
+    return 0
+
+
+def _stdin_lines(args: argparse.Namespace) -> list[str]:
+    if args.text is None and sys.stdin.isatty():
+        raise Exit(2, "give TEXT, or pipe one input per line on stdin")
+    if getattr(args, "history", None):
+        raise Exit(2, "--user/--service go with one TEXT argument, not with stdin")
+    lines = [line.rstrip("\r\n") for line in sys.stdin]
+    if args.plot_attention and sum(1 for line in lines if line.strip()) != 1:
+        raise Exit(2, "--plot-attention draws one input; give exactly one")
+    return lines
+
+
+def _one(client: Client, args: argparse.Namespace, text: str, options: dict[str, Any]) -> Result:
+    if args.task == "respond":
+        return client.respond(text, getattr(args, "history", []), **options)
+    return client.generate(args.task, text, **options)
+
+
+def _batched(client: Client, args, lines: list[str], options: dict[str, Any]):
+    """Results in line order (None for an empty line); batches go out a few at a time."""
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    chunks = [filled[i : i + args.batch_size] for i in range(0, len(filled), args.batch_size)]
+
+    def send(chunk: list[int]) -> list[Result]:
+        try:
+            return client.batch(args.task, [lines[i] for i in chunk], **options)
+        except HanseqError as e:
+            e.args = (_name_lines(str(e), chunk),)  # texts[3] -> line 36
+            raise
+
+    results: dict[int, Result] = {}
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        for chunk, replies in zip(chunks, pool.map(send, chunks), strict=True):
+            results.update(zip(chunk, replies, strict=True))
+    return [results.get(i) for i in range(len(lines))]
+
+
+def _name_lines(message: str, chunk: list[int]) -> str:
+    return re.sub(r"texts\[(\d+)\]", lambda m: f"line {chunk[int(m.group(1))] + 1}", message)
+
+
+def _print(result: Result | None, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(None if result is None else result.to_dict(), ensure_ascii=False))
+    else:
+        print("" if result is None else result.text)
+    sys.stdout.flush()
+
+
+def run_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.models()
+    if args.json:
+        print(json.dumps(models.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(_models_table(models))
+    return 0
+
+
+def _models_table(models: Models) -> str:
+    rows = [("task", "model", "version", "metric", "valid score")]
+    for t in models.tasks:
+        score = t.valid_scores.get(t.metric)
+        rows.append(
+            (t.task, t.model_id, t.model_version, t.metric, "" if score is None else f"{score:.2f}")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    limits = ", ".join(f"{k}={v}" for k, v in asdict(models.limits).items())
+    return "\n".join([*lines, "", f"limits: {limits}"])
+
+
+# -- plotting --------------------------------------------------------------------------------
+
+
+def _check_plotting(font: str | None) -> None:
+    """Before calling the server: is matplotlib there, and a font that can draw Hangul?"""
+    plot = _plot_module()
+    try:
+        plot.find_font(["한"], font)
+    except plot.FontNotFound as e:
+        raise Exit(2, str(e)) from None
+
+
+def _plot(result: Result, args: argparse.Namespace) -> None:
+    plot = _plot_module()
+    if result.attention is None:
+        raise Exit(1, "the server returned no attention for this input")
+    path = plot.plot_attention(result.attention, args.plot_attention, font=args.font)
+    print(f"hanseq-client: attention plot written to {path}", file=sys.stderr)
+
+
+def _plot_module() -> Any:
+    try:
+        from hanseq_client import plot
+
+        plot._pyplot()
+    except ImportError as e:
+        raise Exit(2, str(e)) from None
+    return plot
+
+
+if __name__ == "__main__":  # python -m hanseq_client.cli
+    sys.exit(main())

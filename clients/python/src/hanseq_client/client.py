@@ -1,0 +1,203 @@
+"""The synchronous client: one gRPC channel, safe to share between threads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Unpack
+
+import grpc
+
+from hanseq_client import calls
+from hanseq_client._proto import hanseq_pb2 as pb
+from hanseq_client.channel import DEFAULT_TARGET, TLS, Connection, Retry
+from hanseq_client.errors import from_rpc_error
+from hanseq_client.inputs import DecodingOptions, Turn
+from hanseq_client.results import (
+    ModelInfo,
+    Models,
+    Result,
+    StreamUpdate,
+    models_from_pb,
+    result_from_pb,
+    task_from_pb,
+    update_from_pb,
+)
+
+
+class Client:
+    """A hanseq client.
+
+    ``target``: ``host:port``, or ``dns:///name:port`` to spread calls over every address the
+    name resolves to. ``timeout``: the deadline of every call, in seconds, unless a call gives
+    its own. ``token``: sent as ``authorization: Bearer ...``. ``tls``: ``True`` (the system's
+    roots) or a ``TLS`` (own roots, mutual TLS). ``retry``: gRPC's retry policy (``NO_RETRY``
+    turns it off). ``wait_for_ready``: wait (within the deadline) for a server to come up
+    instead of failing at once when none is reachable.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls: TLS | bool | None = None,
+        retry: Retry | None = None,
+        wait_for_ready: bool = False,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ):
+        self._conn = Connection(target, token, tls, retry or Retry(), max_message_bytes)
+        self.timeout, self.wait_for_ready = timeout, wait_for_ready
+        credentials = self._conn.credentials()
+        options = self._conn.options()
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._stubs = calls.stubs(self._channel)
+
+    @property
+    def target(self) -> str:
+        return self._conn.target
+
+    # -- the tasks ---------------------------------------------------------------------------
+
+    def translate(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        """Korean -> English."""
+        return self._result("Translate", calls.translate(text, options), timeout, request_id)
+
+    def respond(
+        self,
+        message: str,
+        history: Sequence[Turn | tuple[str, bool]] = (),
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        """A Korean reply to ``message``; ``history``: earlier turns, oldest first."""
+        request = calls.respond(message, history, options)
+        return self._result("Respond", request, timeout, request_id)
+
+    def summarize(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        """A Korean summary (title) of a Korean text."""
+        return self._result("Summarize", calls.summarize(text, options), timeout, request_id)
+
+    def generate(
+        self,
+        task: str,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Result:
+        """Any task by name (``models()`` lists them)."""
+        return self._result("Generate", calls.generate(task, text, options), timeout, request_id)
+
+    def stream(
+        self,
+        task: str,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> Iterator[StreamUpdate]:
+        """Partial outputs as they are decoded; the last update has ``final`` and ``result``.
+        Stopping the iteration early (``break``) cancels the call on the server."""
+        request = calls.generate(task, text, options)
+        return self._updates(request, timeout, request_id)
+
+    def batch(
+        self,
+        task: str,
+        texts: Iterable[str],
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> list[Result]:
+        """Many texts of one task in one call; results in the order of ``texts``."""
+        request = calls.batch(task, texts, options)
+        if not request.texts:
+            return []
+        reply, ms = self._call("GenerateBatch", request, timeout, request_id)
+        return [result_from_pb(r, ms) for r in reply.results]
+
+    # -- the models --------------------------------------------------------------------------
+
+    def models(self, *, timeout: float | None = None) -> Models:
+        """The tasks served, the bundle and version serving each, and the limits in force."""
+        reply, _ = self._call("ListModels", pb.ListModelsRequest(), timeout, None)
+        return models_from_pb(reply)
+
+    def reload(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Ask the server to load its bundles again (admin); returns what serves now."""
+        reply, _ = self._call("ReloadModels", pb.ReloadModelsRequest(), timeout, None)
+        return [task_from_pb(t) for t in reply.tasks]
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _result(self, method: str, request: Any, timeout: float | None, rid: str | None):
+        reply, ms = self._call(method, request, timeout, rid)
+        return result_from_pb(reply, ms)
+
+    def _call(self, method: str, request: Any, timeout: float | None, rid: str | None):
+        started = time.perf_counter()
+        try:
+            reply = self._stubs[method](
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._conn.metadata(rid),
+                wait_for_ready=self.wait_for_ready,
+            )
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return reply, (time.perf_counter() - started) * 1000
+
+    def _updates(self, request: Any, timeout: float | None, rid: str | None):
+        started = time.perf_counter()
+        call = self._stubs["GenerateStream"](
+            request,
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._conn.metadata(rid),
+            wait_for_ready=self.wait_for_ready,
+        )
+        try:
+            for reply in call:
+                yield update_from_pb(reply, (time.perf_counter() - started) * 1000)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; frees the server otherwise

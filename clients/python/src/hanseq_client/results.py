@@ -1,0 +1,143 @@
+"""Typed results: what a call returns, as plain dataclasses (no protobuf in the public API)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hanseq_client._proto import hanseq_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One of the n-best after the first."""
+
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Which source token each output token looked at. ``weights[i][j]``: how much target
+    token ``i`` attended to source token ``j``. Both token lists end with ``</s>``, so
+    ``weights`` is ``len(target_tokens) x len(source_tokens)``."""
+
+    source_tokens: list[str]
+    target_tokens: list[str]
+    weights: list[list[float]]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds. ``queue_ms``: waiting for a batch and a worker; ``compute_ms``: decoding
+    (0 for a cached answer); ``total_ms``: the whole call as this client saw it."""
+
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+    batch_size: int  # requests decoded together with this one (itself included)
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    score: float  # log-probability / length penalty
+    alternatives: list[Alternative]
+    cached: bool
+    model_id: str
+    model_version: str
+    truncated: bool  # the input was cut to the model's longest source
+    timings: Timings
+    attention: Attention | None = None  # with return_attention=True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    """One message of ``stream()``: the output so far (the whole prefix, not a delta); the last
+    one has ``final=True`` and the complete ``result``."""
+
+    text: str
+    final: bool
+    result: Result | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    task: str
+    model_id: str
+    model_version: str
+    metric: str  # the task's validation metric
+    valid_scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_chars: int
+    max_beam_size: int
+    max_n_best: int
+    max_output_length: int
+    max_batch_items: int
+    max_history_turns: int
+
+
+@dataclass(frozen=True)
+class Models:
+    """What ``models()`` returns: the tasks served and the limits in force."""
+
+    tasks: list[ModelInfo]
+    limits: Limits
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def result_from_pb(reply: pb.GenerateResponse, total_ms: float) -> Result:
+    timings = Timings(reply.queue_ms, reply.compute_ms, total_ms, reply.batch_size)
+    return Result(
+        text=reply.text,
+        score=reply.score,
+        alternatives=[Alternative(a.text, a.score) for a in reply.alternatives],
+        cached=reply.cached,
+        model_id=reply.model_id,
+        model_version=reply.model_version,
+        truncated=reply.truncated,
+        timings=timings,
+        attention=_attention(reply),
+    )
+
+
+def _attention(reply: pb.GenerateResponse) -> Attention | None:
+    if not reply.HasField("attention"):
+        return None
+    rows, cols, flat = reply.attention.rows, reply.attention.cols, list(reply.attention.weights)
+    weights = [flat[r * cols : (r + 1) * cols] for r in range(rows)]
+    # The matrix has one more row and column than there are tokens: the end of each side.
+    source = [*reply.source_tokens, *["</s>"] * (cols - len(reply.source_tokens))]
+    target = [*reply.target_tokens, *["</s>"] * (rows - len(reply.target_tokens))]
+    return Attention(source_tokens=source, target_tokens=target, weights=weights)
+
+
+def update_from_pb(reply: pb.GenerateStreamResponse, total_ms: float) -> StreamUpdate:
+    result = result_from_pb(reply.result, total_ms) if reply.final else None
+    return StreamUpdate(text=reply.text, final=reply.final, result=result)
+
+
+def task_from_pb(info: pb.TaskInfo) -> ModelInfo:
+    scores = dict(sorted(info.valid_scores.items()))
+    return ModelInfo(info.task, info.model_id, info.model_version, info.metric, scores)
+
+
+def models_from_pb(reply: pb.ListModelsResponse) -> Models:
+    lim = reply.limits
+    limits = Limits(
+        lim.max_input_chars,
+        lim.max_beam_size,
+        lim.max_n_best,
+        lim.max_output_length,
+        lim.max_batch_items,
+        lim.max_history_turns,
+    )
+    return Models([task_from_pb(t) for t in reply.tasks], limits)

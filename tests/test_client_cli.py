@@ -1,0 +1,160 @@
+"""`hanseq-client` as a user runs it, against a real server; and the attention plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib import font_manager
+
+from hanseq_client import Attention, Client
+from hanseq_client import plot as P
+from tests.conftest import free_port, reversal_pairs
+
+BIN = Path(sys.executable).parent
+TEXTS = [line.split("\t")[0] for line in reversal_pairs(70, seed=91)]
+
+
+def cli(*args: str, stdin: str | None = None, target: str | None = None):
+    flags = ["--target", target] if target else []
+    return subprocess.run(
+        [str(BIN / "hanseq-client"), *flags, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HANSEQ_TOKEN": ""},
+    )
+
+
+@pytest.fixture(scope="module")
+def target(hanseq_server):
+    return hanseq_server.target
+
+
+@pytest.fixture(scope="module")
+def client(target):
+    with Client(target, timeout=60) as c:
+        yield c
+
+
+def test_text_argument_prints_the_output(target, client):
+    run = cli("translate", TEXTS[0], target=target)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == client.translate(TEXTS[0]).text + "\n"
+
+
+def test_stdin_batch_keeps_line_order(target, client):
+    lines = TEXTS[:67]
+    lines[5] = lines[40] = ""  # an empty line gives an empty line
+    run = cli("summarize", "--batch-size", "4", "--concurrency", "3", target=target,
+              stdin="\n".join(lines) + "\n")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    expected = [client.summarize(t).text if t else "" for t in lines]
+    assert run.stdout.split("\n")[:-1] == expected
+
+
+def test_json_carries_the_whole_response(target):
+    run = cli("generate", "translate", "--json", "--beam", "3", "--n-best", "2",
+              "--attention", target=target, stdin=f"{TEXTS[1]}\n\n{TEXTS[2]}\n")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    first, empty, second = (json.loads(line) for line in run.stdout.splitlines())
+    assert empty is None and first["model_id"] == second["model_id"] == "service-toy"
+    assert len(first["alternatives"]) == 1 and first["timings"]["batch_size"] >= 1
+    assert first["attention"]["source_tokens"][-1] == "</s>"
+
+
+def test_respond_with_history(target, client):
+    run = cli("respond", "--user", "안녕", "--service", "안녕하세요", TEXTS[3], target=target)
+    assert run.returncode == 0, run.stderr
+    history = [("안녕", True), ("안녕하세요", False)]
+    assert run.stdout.strip() == client.respond(TEXTS[3], history).text
+
+
+def test_models_table_and_json(target):
+    table = cli("models", target=target)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == [
+        "task",
+        "model",
+        "version",
+        "metric",
+        "valid",
+        "score",
+    ]
+    assert "max_beam_size=8" in table.stdout
+    as_json = json.loads(cli("--target", target, "models", "--json").stdout)
+    assert [t["task"] for t in as_json["tasks"]] == ["translate", "respond", "summarize"]
+
+
+def test_errors_are_one_line_with_the_status(target):
+    empty = cli("translate", "", target=target)
+    assert empty.returncode == 2
+    assert empty.stderr == "hanseq-client: INVALID_ARGUMENT: text: must not be empty\n"
+    long = cli("translate", target=target, stdin=f"{TEXTS[0]}\n{'가' * 2001}\n")
+    assert long.returncode == 2 and "line 2: is 2001 characters; the limit is 2000" in long.stderr
+    down = cli("--timeout", "3", "models", target=f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and down.stderr.startswith("hanseq-client: UNAVAILABLE")
+    assert cli("translate", "--beam", "x", target=target).returncode == 2  # argparse
+
+
+def test_help_lists_commands_and_flags():
+    run = cli("--help")
+    assert run.returncode == 0
+    for word in ["translate", "respond", "summarize", "generate", "models", "--target"]:
+        assert word in run.stdout
+    sub = cli("translate", "--help").stdout
+    for flag in ["--plot-attention", "--json", "--beam", "--top-p", "--no-cache", "--font"]:
+        assert flag in sub
+
+
+# -- attention plots -------------------------------------------------------------------------
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_attention_writes_a_png_that_grows_with_the_matrix(target, tmp_path):
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    run = cli("translate", "사과 바다", "--plot-attention", str(small), target=target)
+    assert run.returncode == 0, run.stderr
+    assert "missing from" not in run.stderr  # matplotlib's warning for a glyph it cannot draw
+    long_text = " ".join(TEXTS[4].split() + TEXTS[5].split())
+    run = cli("translate", long_text, "--plot-attention", str(large), target=target)
+    assert run.returncode == 0, run.stderr
+    (w1, h1), (w2, h2) = png_size(small), png_size(large)
+    assert w2 > w1 and h2 >= h1
+
+
+def test_plot_uses_a_font_that_has_hangul(tmp_path):
+    attention = Attention(
+        ["▁사과", "▁바다", "</s>"], ["▁바다", "</s>"], [[0.2, 0.7, 0.1], [0, 0, 1]]
+    )
+    family = P.find_font(attention.source_tokens)
+    assert "Nanum" in family or "CJK" in family or "KR" in family
+    P.plot_attention(attention, tmp_path / "a.png")  # warnings are errors here: no tofu
+    assert png_size(tmp_path / "a.png")[0] > 100
+
+
+def test_a_font_without_hangul_is_refused_clearly(target, tmp_path):
+    dejavu = font_manager.findfont("DejaVu Sans")
+    run = cli("translate", "사과", "--plot-attention", str(tmp_path / "x.png"), "--font", dejavu,
+              target=target)  # fmt: skip
+    assert run.returncode == 2 and "has no glyphs for 한" in run.stderr
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(P.FontNotFound, match="sudo apt-get install fonts-nanum"):
+        P.find_font(["\ue000"])  # a private-use character no font draws
+
+
+def test_plot_attention_needs_exactly_one_input(target, tmp_path):
+    run = cli("translate", "--plot-attention", str(tmp_path / "x.png"), target=target,
+              stdin=f"{TEXTS[0]}\n{TEXTS[1]}\n")  # fmt: skip
+    assert run.returncode == 2 and "draws one input" in run.stderr
