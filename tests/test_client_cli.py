@@ -98,7 +98,7 @@ def test_errors_are_one_line_with_the_status(target):
     assert empty.stderr == "hanseq-client: INVALID_ARGUMENT: text: must not be empty\n"
     long = cli("translate", target=target, stdin=f"{TEXTS[0]}\n{'가' * 2001}\n")
     assert long.returncode == 2 and "line 2: is 2001 characters; the limit is 2000" in long.stderr
-    down = cli("--timeout", "3", "models", target=f"127.0.0.1:{free_port()}")
+    down = cli("--timeout", "20", "models", target=f"127.0.0.1:{free_port()}")  # > retries
     assert down.returncode == 1 and down.stderr.startswith("hanseq-client: UNAVAILABLE")
     assert cli("translate", "--beam", "x", target=target).returncode == 2  # argparse
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -261,14 +261,15 @@ def run_task(client: Client, args: argparse.Namespace) -> int:
         options["return_attention"] = True
         _check_plotting(args.font)  # before the call: a missing font should not waste it
     if args.text is not None and args.text != "-":
-        results: list[Result | None] = [_one(client, args, args.text, options)]
+        results: Iterable[Result | None] = [_one(client, args, args.text, options)]
     else:
         results = _batched(client, args, _stdin_lines(args), options)
-    for result in results:
+    drawn = None
+    for result in results:  # printed as they come, so a long input shows progress
         _print(result, args.json)
-    if args.plot_attention:
-        (result,) = (r for r in results if r is not None)
-        _plot(result, args)
+        drawn = result or drawn
+    if args.plot_attention and drawn is not None:
+        _plot(drawn, args)
     return 0
 
 
@@ -289,8 +290,10 @@ def _one(client: Client, args: argparse.Namespace, text: str, options: dict[str,
     return client.generate(args.task, text, **options)
 
 
-def _batched(client: Client, args, lines: list[str], options: dict[str, Any]):
-    """Results in line order (None for an empty line); batches go out a few at a time."""
+def _batched(
+    client: Client, args: argparse.Namespace, lines: list[str], options: dict[str, Any]
+) -> Iterator[Result | None]:
+    """Results in line order (None for an empty line); a few batches are in flight at once."""
     filled = [i for i, line in enumerate(lines) if line.strip()]
     chunks = [filled[i : i + args.batch_size] for i in range(0, len(filled), args.batch_size)]
 
@@ -301,11 +304,14 @@ def _batched(client: Client, args, lines: list[str], options: dict[str, Any]):
             e.args = (_name_lines(str(e), chunk),)  # texts[3] -> line 36
             raise
 
-    results: dict[int, Result] = {}
+    done = 0  # lines printed so far
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
         for chunk, replies in zip(chunks, pool.map(send, chunks), strict=True):
-            results.update(zip(chunk, replies, strict=True))
-    return [results.get(i) for i in range(len(lines))]
+            for i, result in zip(chunk, replies, strict=True):
+                yield from [None] * (i - done)
+                yield result
+                done = i + 1
+    yield from [None] * (len(lines) - done)
 
 
 def _name_lines(message: str, chunk: list[int]) -> str:
