@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Callable, Collection
 
 import grpc
 
+from service.auth import presented
 from service.errors import ServiceError
+from service.limits import CallerLimits, caller_of
 from service.metrics import TASK_OF_METHOD, Metrics
 
 log = logging.getLogger("hanseq.requests")
@@ -84,18 +86,30 @@ class _Outcome:
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, metrics: Metrics | None = None, served: Callable[[], Collection[str]] = tuple
+        self,
+        metrics: Metrics | None = None,
+        served: Callable[[], Collection[str]] = tuple,
+        limits: CallerLimits | None = None,
     ):
-        self.metrics, self.served = metrics, served
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # built once per method
+        self.metrics, self.served, self.limits = metrics, served, limits
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}  # once each
+
+    def admit(self, request, context) -> contextlib.AbstractContextManager:
+        """The caller's limits around one request (a batch costs one per input)."""
+        if self.limits is None or not self.limits.active:
+            return contextlib.nullcontext()
+        caller = caller_of(presented(context.invocation_metadata()), context.peer())
+        return self.limits.admit(caller, max(1, len(getattr(request, "texts", ()))))
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
-        wrapped = self._wrapped.get(details.method)
+        # Keyed by the handler, not the method: the auth interceptor inside may hand over a
+        # refusing one for the same method.
+        wrapped = self._wrapped.get(handler)
         if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
+            wrapped = self._wrapped[handler] = self._wrap(handler, details.method)
         return wrapped
 
     def _wrap(self, handler, full_method: str):
@@ -125,7 +139,8 @@ async def _handled(
         task = "unknown"  # a caller's typo must not become a new time series
     outcome = _Outcome(method, kind, task, context, interceptor.metrics)
     try:
-        yield
+        with interceptor.admit(request, context):
+            yield
     except asyncio.CancelledError:
         outcome.cancelled(context)
         raise

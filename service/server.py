@@ -20,9 +20,11 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.config import ConfigurationError
 from hanseq.v1 import hanseq_pb2, hanseq_pb2_grpc
+from service.auth import AuthInterceptor, load_tokens, server_credentials
 from service.batcher import Batcher
 from service.cache import LocalCache, RedisCache, ResponseCache
 from service.interceptors import ErrorInterceptor
+from service.limits import CallerLimits
 from service.metrics import Metrics
 from service.pool import WorkerPool
 from service.servicer import Seq2SeqServicer
@@ -95,8 +97,9 @@ async def create_app(settings: Settings) -> App:
     """Listening and answering health checks at once; SERVING when the models are warm."""
     metrics = Metrics()
     pool = WorkerPool(settings)
-    interceptors = [ErrorInterceptor(metrics, served=lambda: pool.tasks)]
-    server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
+    server = grpc.aio.server(
+        interceptors=_interceptors(settings, metrics, pool), options=_channel_options(settings)
+    )
     batcher = Batcher(pool, settings, metrics)
     health = HealthServicer()
     cache = build_cache(settings, metrics)
@@ -112,7 +115,7 @@ async def create_app(settings: Settings) -> App:
             ],
             server,
         )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = _listen(server, settings)
     app = App(settings, server, port, pool, batcher, servicer, health, metrics, cache)
     servicer.reload = app.reload
     metrics.watch(app.state)
@@ -137,6 +140,26 @@ async def create_app(settings: Settings) -> App:
     servicer.ready = True
     await app.update_health()
     return app
+
+
+def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool) -> list:
+    """Errors and limits outermost (so a refusal is a counted status), then tokens."""
+    limits = CallerLimits(
+        s.caller_rate_per_s, s.caller_burst, s.caller_concurrency, s.retry_after_ms
+    )
+    interceptors: list = [ErrorInterceptor(metrics, served=lambda: pool.tasks, limits=limits)]
+    tokens = load_tokens(s)
+    if tokens:
+        interceptors.append(AuthInterceptor(tokens))
+    return interceptors
+
+
+def _listen(server: grpc.aio.Server, s: Settings) -> int:
+    address = f"{s.host}:{s.port}"
+    credentials = server_credentials(s)
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
 
 
 def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:

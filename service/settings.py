@@ -62,6 +62,18 @@ class Settings:
     redis_timeout_ms: float = _f(50.0, "Redis connect/read timeout; slower counts as down")
     cache_breaker_s: float = _f(5.0, "after a Redis failure, how long to skip it")
     metrics_port: int = _f(9464, "Prometheus /metrics port (0 = any free port, -1 = off)")
+    auth_tokens_file: str = _f(
+        "", "file of bearer tokens, one per line (# comments); set: every call needs one"
+    )
+    auth_tokens: str = _f("", "bearer tokens, comma-separated (prefer auth_tokens_file)")
+    tls_cert_file: str = _f("", "PEM certificate chain: serve TLS (with tls_key_file)")
+    tls_key_file: str = _f("", "PEM private key of tls_cert_file")
+    tls_client_ca_file: str = _f("", "PEM roots: require client certificates (mutual TLS)")
+    caller_rate_per_s: float = _f(
+        0.0, "requests per second per caller (token, else address); 0 = no rate limit"
+    )
+    caller_burst: int = _f(0, "requests a caller may send at once above its rate (0 = 2 s worth)")
+    caller_concurrency: int = _f(256, "requests one caller may have in flight (0 = no limit)")
     log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
 
     def models_path(self) -> Path:
@@ -158,6 +170,18 @@ def validate(s: Settings) -> None:
         )
     if not 1 <= s.default_beam_size <= s.max_beam_size:
         raise ConfigurationError("default_beam_size must be in 1..max_beam_size")
+    if s.caller_rate_per_s < 0 or s.caller_burst < 0 or s.caller_concurrency < 0:
+        raise ConfigurationError(
+            "caller_rate_per_s, caller_burst and caller_concurrency must be >= 0"
+        )
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigurationError("tls_cert_file and tls_key_file go together (HANSEQ_TLS_*)")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise ConfigurationError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+    for name in ("auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigurationError(f"{name} ({env_name(name)}): {path} is not a file")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

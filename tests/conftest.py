@@ -23,6 +23,7 @@ from engine.bundle import Bundle, load_bundle
 from engine.config import Config, TaskConfig, from_dict
 from engine.pipeline import Pipeline
 from engine.training import train
+from service.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = [
@@ -261,3 +262,16 @@ def make_certificates(directory: Path) -> Path:
                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
                 "-extfile", f"{name}.ext")  # fmt: skip
     return directory
+
+
+def settings_for(models, **overrides):
+    """Settings for an in-process server (create_app) on free ports, ignoring the env."""
+    base = {
+        "port": 0,
+        "metrics_port": 0,
+        "models": str(models),
+        "devices": "cpu",
+        "cpu_threads": 1,
+        "max_queue_delay_ms": 10,
+    }
+    return load_settings({**base, **overrides}, env={})

@@ -21,24 +21,11 @@ from engine.pipeline import Pipeline
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from service.server import create_app
-from service.settings import load_settings
-from tests.conftest import reversal_pairs
+from tests.conftest import reversal_pairs, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(60, seed=31)]
 CODE = grpc.StatusCode
-
-
-def settings_for(models, **overrides):
-    base = {
-        "port": 0,
-        "metrics_port": 0,
-        "models": str(models),
-        "devices": "cpu",
-        "cpu_threads": 1,
-        "max_queue_delay_ms": 10,
-    }
-    return load_settings({**base, **overrides}, env={})
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
