@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,11 @@ class LocalCache:
             self._items.move_to_end(key)
         return value
 
+    def drop(self, key: str) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
+
     def put(self, key: str, value: bytes) -> None:
         if len(value) > self.max_bytes or self.max_entries <= 0:
             return
@@ -86,6 +92,7 @@ class RedisCache:
         timeout_s: float,
         breaker_s: float,
         on_error: Callable[[], None] = lambda: None,
+        password: str = "",
     ):
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
@@ -93,8 +100,10 @@ class RedisCache:
 
         self.prefix, self.ttl_ms, self.breaker_s = prefix, max(1, int(ttl_s * 1000)), breaker_s
         self.on_error = on_error
+        extra: dict[str, Any] = {"password": password} if password else {}  # else the URL's
         self._client = redis.Redis.from_url(
             url,
+            **extra,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),  # the breaker decides when to try again, not a loop
@@ -102,7 +111,7 @@ class RedisCache:
         )
         self._skip_until = 0.0
         self._down = False
-        self._url = url
+        self._url = redacted(url)  # for the log: never the password
 
     @property
     def available(self) -> bool:
@@ -136,6 +145,11 @@ class RedisCache:
         await self._client.aclose()
 
 
+def redacted(url: str) -> str:
+    """redis://user:secret@host:6379/0 -> redis://user:***@host:6379/0"""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 class ResponseCache:
     """Both layers and the single-flight table, as the servicer uses them."""
 
@@ -158,6 +172,11 @@ class ResponseCache:
         if value is not None:
             self.local.put(key, value)
         return value
+
+    def reject(self, key: str) -> None:
+        """A value that did not verify: forget it here (Redis is overwritten on the next put)."""
+        self.local.drop(key)
+        self.on_lookup("any", "invalid")
 
     async def put(self, key: str, value: bytes) -> None:
         self.local.put(key, value)

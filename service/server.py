@@ -173,6 +173,7 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
             settings.redis_timeout_ms / 1000,
             settings.cache_breaker_s,
             on_error=metrics.cache_errors.inc,
+            password=settings.redis_password,
         )
     return ResponseCache(
         LocalCache(settings.cache_entries, settings.cache_bytes),

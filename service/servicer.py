@@ -4,10 +4,13 @@ interceptor, batching and decoding live in batcher/workers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
@@ -16,6 +19,8 @@ from service.cache import ResponseCache, cache_key, cacheable
 from service.errors import DeadlineExceeded, InvalidArgument, Unavailable, Unimplemented
 from service.pool import WorkerPool
 from service.settings import Settings
+
+log = logging.getLogger("hanseq.servicer")
 
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 _DONE = object()
@@ -117,9 +122,11 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         key = cache_key(self.pool.tasks[task], task, text, options)
         hit = await self.cache.get(key)
         if hit is not None:
-            response = pb.GenerateResponse.FromString(hit)
-            response.cached = True
-            return response
+            response = _recalled(hit, self.pool.tasks[task])
+            if response is not None:
+                return response
+            log.warning("a cached answer for %s did not verify; decoding afresh", task)
+            self.cache.reject(key)
 
         async def decode_and_keep() -> pb.GenerateResponse:
             outcome = await self._decode(task, text, options, context)
@@ -293,6 +300,22 @@ def _finite(field: str, value: float, low: float, high: float) -> float:
 
 def _numbers(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+
+
+def _recalled(value: bytes, model: dict[str, Any]) -> pb.GenerateResponse | None:
+    """A cached answer, if it is one and of the bundle now serving; None otherwise (a
+    damaged or foreign value in a shared Redis must never reach a caller)."""
+    try:
+        response = pb.GenerateResponse.FromString(value)
+    except DecodeError:
+        return None
+    if (response.model_id, response.model_version) != (
+        model["model_id"],
+        model["model_version"],
+    ):
+        return None
+    response.cached = True
+    return response
 
 
 def _response(outcome: Outcome, cached: bool = False) -> pb.GenerateResponse:

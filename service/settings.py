@@ -55,6 +55,7 @@ class Settings:
     keepalive_timeout_s: float = _f(10.0, "gRPC keepalive ping timeout")
     reflection: bool = _f(True, "serve gRPC server reflection")
     redis_url: str = _f("", "shared cache, e.g. redis://host:6379/0 (empty = in-process only)")
+    redis_password: str = _f("", "Redis password (else the URL's; from a Secret in Kubernetes)")
     cache_prefix: str = _f("hanseq:", "prefix of every Redis key")
     cache_ttl_s: float = _f(86400.0, "how long Redis keeps an answer")
     cache_entries: int = _f(10000, "answers kept in process at most (0 = no local layer)")

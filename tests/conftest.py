@@ -170,8 +170,8 @@ class RedisServer:
     """A real redis-server on a free port, in a temporary directory, persisting nothing;
     it can be stopped and started again on the same port (an outage, then recovery)."""
 
-    def __init__(self, workdir: Path):
-        self.workdir, self.port = workdir, free_port()
+    def __init__(self, workdir: Path, password: str = ""):
+        self.workdir, self.port, self.password = workdir, free_port(), password
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
@@ -180,7 +180,8 @@ class RedisServer:
         assert binary, "redis-server is not installed; `make test` installs it"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(self.workdir)],
+            + ["--appendonly", "no", "--dir", str(self.workdir)]
+            + (["--requirepass", self.password] if self.password else []),
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -188,7 +189,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)

@@ -13,18 +13,20 @@ import urllib.request
 import grpc
 import pytest
 import pytest_asyncio
+import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
-from service.cache import LocalCache, cache_key, cacheable
+from service.cache import LocalCache, cache_key, cacheable, redacted
 from service.server import create_app
 from service.settings import load_settings
-from tests.conftest import reversal_pairs
+from tests.conftest import RedisServer, reversal_pairs
 
 ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")  # the fixture's loop
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(20, seed=77)]
 MODEL = {"model_id": "m", "model_version": "1"}
+FRESH = pb.DecodingOptions(no_cache=True)
 
 
 # ---- the pieces ------------------------------------------------------------------------------
@@ -225,3 +227,50 @@ async def test_a_new_bundle_version_misses(start, service_bundle_path, tmp_path)
     assert (
         after.model_version == "cache-2" and not after.cached and before.model_version != "cache-2"
     )
+
+
+@ON_MODULE_LOOP
+async def test_a_cached_value_that_does_not_verify_is_never_served(start, redis_server):
+    """A shared Redis may hold garbage or another bundle's answer under our key (a
+    misconfigured prefix, an attacker with Redis access): it is decoded afresh instead."""
+    app, stub = await start(redis_url=redis_server.url, cache_entries=0)
+    model = app.pool.tasks["translate"]
+    options = app.servicer._options(pb.DecodingOptions(), "translate")
+    client = redis.Redis.from_url(redis_server.url)
+    truth = await stub.Translate(pb.TranslateRequest(text=TEXTS[5], options=FRESH))
+    foreign = pb.GenerateResponse(text="planted", model_id="other", model_version="1")
+    for planted in (b"\xff\x00 not a protobuf", foreign.SerializeToString()):
+        key = "hanseq:" + cache_key(model, "translate", TEXTS[5], options)
+        await client.set(key, planted)
+        reply = await stub.Translate(pb.TranslateRequest(text=TEXTS[5]))
+        assert reply.text == truth.text and not reply.cached
+    await client.aclose()
+    assert value(scrape(app), "hanseq_cache_lookups_total", layer="any", result="invalid") == 2
+
+
+@ON_MODULE_LOOP
+async def test_redis_with_a_password(start, tmp_path, caplog):
+    secret = "s3cret-redis-password"
+    guarded = RedisServer(tmp_path, password=secret)
+    guarded.start()
+    try:
+        app, stub = await start(redis_url=guarded.url, redis_password=secret, cache_entries=0)
+        await stub.Translate(pb.TranslateRequest(text=TEXTS[6]))
+        assert (await stub.Translate(pb.TranslateRequest(text=TEXTS[6]))).cached
+        assert value(scrape(app), "hanseq_cache_errors_total") == 0
+        in_url = guarded.url.replace("redis://", f"redis://:{secret}@")
+        app, stub = await start(redis_url=in_url, cache_entries=0)
+        assert (await stub.Translate(pb.TranslateRequest(text=TEXTS[6]))).cached
+        wrong = guarded.url.replace("redis://", "redis://:wrong-password@")
+        app, stub = await start(redis_url=wrong, cache_entries=0)
+        assert (await stub.Translate(pb.TranslateRequest(text=TEXTS[6]))).text  # uncached
+        assert value(scrape(app), "hanseq_cache_errors_total") >= 1
+        assert "wrong-password" not in caplog.text and "redis://:***@" in caplog.text
+    finally:
+        guarded.stop()
+
+
+def test_urls_are_logged_without_their_password():
+    assert redacted("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted("rediss://:pw@host/0") == "rediss://:***@host/0"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"
