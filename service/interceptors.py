@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 import grpc
 
 from service.auth import presented
-from service.errors import ServiceError
+from service.errors import InvalidArgument, ServiceError
 from service.limits import CallerLimits, caller_of
 from service.metrics import TASK_OF_METHOD, Metrics
 
@@ -117,16 +117,35 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary, method, self),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _stream(handler.unary_stream, method, self),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class Undecodable:
+    """A request body that is not the message it should be (bad protobuf, a string field
+    that is not UTF-8). gRPC would answer a failing deserializer with UNKNOWN; it reaches the
+    handler as this instead, to be answered INVALID_ARGUMENT like any other bad input."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as e:  # DecodeError, or UnicodeDecodeError on some runtimes
+            return Undecodable(e)
+
+    return parse
 
 
 @contextlib.asynccontextmanager
@@ -139,6 +158,10 @@ async def _handled(
         task = "unknown"  # a caller's typo must not become a new time series
     outcome = _Outcome(method, kind, task, context, interceptor.metrics)
     try:
+        if isinstance(request, Undecodable):
+            raise InvalidArgument(
+                "request", "is not a valid message (broken protobuf, or a string not UTF-8)"
+            )
         with interceptor.admit(request, context):
             yield
     except asyncio.CancelledError:
