@@ -202,6 +202,30 @@ async def test_redis_down_fails_no_request_and_recovery_resumes_hits(start, redi
 
 
 @ON_MODULE_LOOP
+async def test_redis_killed_mid_load_fails_no_request(start, redis_server):
+    """Requests in flight while Redis dies (SIGKILL: connections cut, nothing answers) and
+    comes back: every one succeeds, and nothing waits on the dead Redis for long."""
+    app, stub = await start(redis_url=redis_server.url, cache_breaker_s=0.3, cache_entries=0)
+    texts = [line.split("\t")[0] for line in reversal_pairs(120, seed=78)]
+
+    async def one(text: str) -> pb.GenerateResponse:
+        return await stub.Translate(pb.TranslateRequest(text=text), timeout=60)
+
+    load = asyncio.gather(*(one(t) for t in texts))
+    await asyncio.sleep(0.2)
+    redis_server.process.kill()
+    redis_server.process.wait(5)
+    redis_server.process = None
+    await asyncio.sleep(0.5)
+    redis_server.start()
+    replies = await load
+    assert len(replies) == 120 and all(r.text for r in replies)
+    samples = scrape(app)
+    assert value(samples, "hanseq_requests_total", task="translate", code="OK") >= 120
+    assert value(samples, "hanseq_cache_errors_total") >= 1  # it did die under the load
+
+
+@ON_MODULE_LOOP
 async def test_single_flight_identical_requests_share_one_decode(start):
     app, stub = await start()
     slow = pb.DecodingOptions(min_length=60, max_length=64)
