@@ -16,6 +16,7 @@ Identical requests already in flight share one decode (single flight).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -132,6 +133,10 @@ class RedisCache:
         except Exception as e:  # a cache failure must never fail a request
             self._skip_until = time.monotonic() + self.breaker_s
             self.on_error()
+            # Drop every pooled connection, not just this one: after a Redis restart each of
+            # them is dead, and failing them one by one would trip the breaker again and again.
+            with contextlib.suppress(Exception):
+                await self._client.connection_pool.disconnect()
             if not self._down:
                 self._down = True
                 log.error("Redis cache at %s failed (%s): serving uncached", self._url, e)
