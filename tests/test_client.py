@@ -212,7 +212,12 @@ class ScriptedServer:
                 self._translate,
                 pb.TranslateRequest.FromString,
                 pb.GenerateResponse.SerializeToString,
-            )
+            ),
+            "GenerateStream": grpc.unary_stream_rpc_method_handler(
+                self._stream,
+                pb.GenerateRequest.FromString,
+                pb.GenerateStreamResponse.SerializeToString,
+            ),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("hanseq.v1.Seq2Seq", handlers),)
@@ -234,6 +239,18 @@ class ScriptedServer:
         code, message, trailers = outcome
         context.set_trailing_metadata((("x-request-id", "rid-7"), *trailers))
         context.abort(code, message)
+
+    def _stream(self, request, context):
+        """Five growing prefixes and a final message; ``script(n)`` may cut it after k."""
+        self.calls += 1
+        cut = self.script(self.calls)
+        words = ["one", "two", "three", "four", "five"]
+        for k in range(1, 6):
+            if cut is not None and k > cut:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "worker died")
+            yield pb.GenerateStreamResponse(text=" ".join(words[:k]))
+        final = pb.GenerateResponse(text=" ".join(words))
+        yield pb.GenerateStreamResponse(text=final.text, final=True, result=final)
 
     def stop(self):
         self.server.stop(None)
@@ -363,6 +380,32 @@ def test_overloaded_waits_as_long_as_the_server_asks():
             assert c.translate("사과").text == "echo 사과"
         gaps = [b - a for a, b in zip(server.times, server.times[1:], strict=False)]
         assert server.calls == 3 and all(gap >= 0.38 for gap in gaps)  # not the 20 ms backoff
+    finally:
+        server.stop()
+
+
+async def test_a_stream_cut_midway_is_resumed_without_repeats():
+    server = ScriptedServer(lambda n: 2 if n == 1 else None)  # the first attempt dies after 2
+    try:
+        with Client(server.target, retry=Retry(initial_backoff=0.01)) as c:
+            texts = [u.text for u in c.stream("translate", "사과")]
+        assert (
+            texts
+            == ["one", "one two", "one two three", "one two three four"]
+            + ["one two three four five"] * 2
+        )
+        assert server.calls == 2
+        server.calls = 0
+        async with AsyncClient(server.target, retry=Retry(initial_backoff=0.01)) as c:
+            updates = [u async for u in c.stream("translate", "사과", sample=True, seed=3)]
+        assert len(updates) == 6 and updates[-1].final and server.calls == 2
+        server.calls = 0
+        with Client(server.target) as c:  # unseeded sampling would not repeat itself
+            seen = []
+            with pytest.raises(E.Unavailable):
+                for update in c.stream("translate", "사과", sample=True):
+                    seen.append(update.text)
+        assert seen == ["one", "one two"] and server.calls == 1
     finally:
         server.stop()
 

@@ -3,6 +3,7 @@ Use it from one event loop (gRPC's asyncio channels belong to the loop that firs
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Unpack
@@ -166,16 +167,26 @@ class AsyncClient:
 
     async def _updates(self, request: Any, timeout: float | None, rid: str | None):
         started = time.perf_counter()
-        call = self._stubs["GenerateStream"](
-            request,
-            timeout=self.timeout if timeout is None else timeout,
-            metadata=self._conn.metadata(rid),
-            wait_for_ready=self.wait_for_ready,
-        )
-        try:
-            async for reply in call:
-                yield update_from_pb(reply, (time.perf_counter() - started) * 1000)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        deadline = started + (self.timeout if timeout is None else timeout)
+        retry = self._conn.retry
+        resumption = calls.StreamResumption(request, retry.max_attempts, retry.initial_backoff)
+        while True:
+            call = self._stubs["GenerateStream"](
+                request,
+                timeout=max(0.0, deadline - time.perf_counter()),
+                metadata=self._conn.metadata(rid),
+                wait_for_ready=self.wait_for_ready,
+            )
+            resumption.restart()
+            try:
+                async for reply in call:
+                    if resumption.fresh():
+                        yield update_from_pb(reply, (time.perf_counter() - started) * 1000)
+                return
+            except grpc.RpcError as e:
+                pause = resumption.pause_before_retry(e.code())
+                if pause is None or time.perf_counter() + pause >= deadline:
+                    raise from_rpc_error(e) from None
+                await asyncio.sleep(pause)
+            finally:
+                call.cancel()

@@ -7,9 +7,11 @@ fails at once.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import message_factory
 
 from hanseq_client._proto import hanseq_pb2 as pb
@@ -70,3 +72,40 @@ def batch(task: str, texts: Iterable[str], options: Mapping[str, Any]) -> pb.Gen
         texts=texts_field("texts", texts),
         options=decoding_options(options),
     )
+
+
+class StreamResumption:
+    """Keeps a stream going when its connection drops (the server restarting, a worker dying).
+
+    gRPC retries a call only until its first message arrives; a stream that fails after that
+    is the caller's to redo. A deterministic stream (greedy, beam, or sampling with a seed)
+    sends the same messages again, so it is re-sent and the messages already delivered are
+    skipped: the consumer sees one unbroken stream. Unseeded sampling would start a different
+    output, so it fails as before.
+    """
+
+    def __init__(self, request: pb.GenerateRequest, max_attempts: int, backoff: float):
+        options = request.options
+        self.deterministic = not options.sample or options.HasField("seed")
+        self.left, self.backoff, self.delivered, self.seen = max_attempts - 1, backoff, 0, 0
+
+    def restart(self) -> None:
+        self.seen = 0
+
+    def fresh(self) -> bool:
+        """Called per message received: deliver it, or skip it (delivered before a drop)."""
+        self.seen += 1
+        if self.seen > self.delivered:
+            self.delivered = self.seen
+            return True
+        return False
+
+    def pause_before_retry(self, code: grpc.StatusCode) -> float | None:
+        """Seconds to wait before re-sending, or None: give up and raise."""
+        if code != grpc.StatusCode.UNAVAILABLE or not self.deterministic or self.left <= 0:
+            return None
+        if not self.delivered:
+            return None  # nothing arrived: gRPC's own retries have already had their go
+        self.left -= 1
+        self.backoff *= 2
+        return random.uniform(0, self.backoff)

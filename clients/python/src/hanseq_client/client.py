@@ -188,16 +188,26 @@ class Client:
 
     def _updates(self, request: Any, timeout: float | None, rid: str | None):
         started = time.perf_counter()
-        call = self._stubs["GenerateStream"](
-            request,
-            timeout=self.timeout if timeout is None else timeout,
-            metadata=self._conn.metadata(rid),
-            wait_for_ready=self.wait_for_ready,
-        )
-        try:
-            for reply in call:
-                yield update_from_pb(reply, (time.perf_counter() - started) * 1000)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()  # a no-op once the stream has ended; frees the server otherwise
+        deadline = started + (self.timeout if timeout is None else timeout)
+        retry = self._conn.retry
+        resumption = calls.StreamResumption(request, retry.max_attempts, retry.initial_backoff)
+        while True:
+            call = self._stubs["GenerateStream"](
+                request,
+                timeout=max(0.0, deadline - time.perf_counter()),
+                metadata=self._conn.metadata(rid),
+                wait_for_ready=self.wait_for_ready,
+            )
+            resumption.restart()
+            try:
+                for reply in call:
+                    if resumption.fresh():
+                        yield update_from_pb(reply, (time.perf_counter() - started) * 1000)
+                return
+            except grpc.RpcError as e:
+                pause = resumption.pause_before_retry(e.code())
+                if pause is None or time.perf_counter() + pause >= deadline:
+                    raise from_rpc_error(e) from None
+                time.sleep(pause)
+            finally:
+                call.cancel()  # a no-op once the stream has ended; frees the server otherwise
