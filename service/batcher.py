@@ -22,7 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import DeadlineExceeded, Overloaded, ServiceError, Unavailable
+from service.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    Overloaded,
+    ServiceError,
+    Unavailable,
+)
 from service.metrics import Metrics
 from service.pool import WorkerPool
 from service.settings import Settings
@@ -199,6 +205,9 @@ class Batcher:
         def on_done(row: int, result: dict[str, Any], compute_ms: float, size: int) -> None:
             request = batch[row]
             if request.future.done():
+                return
+            if "invalid" in result:  # the worker's own check of the input (its token count)
+                request.future.set_exception(InvalidArgument("text", result["invalid"]))
                 return
             if "error" in result:
                 log.error("decoding failed for one request: %s", result["error"])

@@ -28,7 +28,7 @@ class InvalidArgument(ServiceError):
 
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
-        self.field = field
+        self.field, self.problem = field, problem
 
 
 class Overloaded(ServiceError):

@@ -76,6 +76,7 @@ class WorkerPool:
             self.settings.max_batch_size,
             generation,
             self._changed,
+            self.settings.max_input_tokens,
         )
 
     async def acquire(self) -> Worker:

@@ -63,7 +63,10 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             self._check_text(text, f"texts[{i}]")
         options = self._options(request.options, task)
         no_cache = request.options.no_cache
-        answers = [self._answer(task, t, options, no_cache, context) for t in texts]
+        answers = [
+            _as_field(self._answer(task, t, options, no_cache, context), f"texts[{i}]")
+            for i, t in enumerate(texts)
+        ]
         results = await self._within(_all(answers), context)
         return pb.GenerateBatchResponse(results=results)
 
@@ -109,9 +112,8 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             )
         self._check_text(text, field)
         options = self._options(options_pb, task)
-        return await self._within(
-            self._answer(task, text, options, options_pb.no_cache, context), context
-        )
+        answer = self._answer(task, text, options, options_pb.no_cache, context)
+        return await self._within(_as_field(answer, field), context)
 
     async def _answer(
         self, task: str, text: str, options: dict[str, Any], no_cache: bool, context
@@ -269,6 +271,16 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             max_batch_items=s.max_batch_items,
             max_history_turns=s.max_history_turns,
         )
+
+
+async def _as_field(awaitable, field: str):
+    """An input the worker refused (too many tokens) named as the caller named it."""
+    try:
+        return await awaitable
+    except InvalidArgument as e:
+        if e.field != "text" or field == "text":
+            raise
+        raise InvalidArgument(field, e.problem) from None
 
 
 async def _all(awaitables: list) -> list:

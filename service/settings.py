@@ -42,6 +42,9 @@ class Settings:
         500, "with RESOURCE_EXHAUSTED, how long the caller is told to wait (gRPC retry pushback)"
     )
     max_input_chars: int = _f(2000, "longest input text, in characters")
+    max_input_tokens: int = _f(
+        512, "longest input, in the model's tokens (past the bundle's own limit it is cut)"
+    )
     max_beam_size: int = _f(8, "largest beam_size a request may ask for")
     max_n_best: int = _f(8, "largest n_best a request may ask for")
     max_output_length: int = _f(256, "largest max_length (output tokens) a request may ask for")
@@ -154,6 +157,7 @@ def validate(s: Settings) -> None:
         "max_queue_size",
         "retry_after_ms",
         "max_input_chars",
+        "max_input_tokens",
         "max_beam_size",
         "max_n_best",
         "max_output_length",

@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 BatchKey = tuple[str, tuple[tuple[str, Any], ...]]
 
 
-def worker_main(conn: Connection, device: str, models: str, threads: int, half: bool) -> None:
+def worker_main(
+    conn: Connection, device: str, models: str, threads: int, half: bool, max_tokens: int = 0
+) -> None:
     """Entry point of a worker process."""
     from service.workers import find_bundles
 
     try:
-        runner = Runner(device, find_bundles(Path(models)), threads, half, conn)
+        runner = Runner(device, find_bundles(Path(models)), threads, half, conn, max_tokens)
     except Exception as e:  # report why, then exit: the parent decides what to do
         conn.send(("fatal", f"{type(e).__name__}: {e}"))
         return
@@ -62,7 +64,15 @@ class _Row:
 class Runner:
     """The worker's loaded bundles, its running batches, and the loop that feeds them."""
 
-    def __init__(self, device: str, bundles: list[Path], threads: int, half: bool, conn: Any):
+    def __init__(
+        self,
+        device: str,
+        bundles: list[Path],
+        threads: int,
+        half: bool,
+        conn: Any,
+        max_tokens: int = 0,
+    ):
         import torch
 
         from engine.bundle import load_bundle
@@ -72,6 +82,7 @@ class Runner:
         if threads > 0:
             torch.set_num_threads(threads)
         self.torch, self.device, self.conn, self.eos = torch, torch.device(device), conn, EOS_ID
+        self.max_tokens = max_tokens
         self.pipelines: dict[str, Any] = {}
         self.bundles: dict[str, Any] = {}
         for path in bundles:
@@ -88,6 +99,7 @@ class Runner:
                 self.bundles[task] = bundle
         self.running: dict[BatchKey, list[Any]] = {}  # RunningBatches, usually one per key
         self.rows: dict[int, _Row] = {}
+        self._answered: set[tuple[int, int]] = set()  # (seq, row) sent while handling one message
         self._next_key = 0
         self._warm_up()
 
@@ -125,8 +137,23 @@ class Runner:
                 message = self.conn.recv()
                 if message[0] == "stop":
                     return
-                self.handle(message)
+                self._handle_safely(message)
             self.step()
+
+    def _handle_safely(self, message: tuple) -> None:
+        """A message this loop cannot handle fails its own rows, not the whole worker (and
+        with it every other request it holds)."""
+        self._answered = set()
+        try:
+            self.handle(message)
+        except Exception as e:
+            log.exception("worker on %s could not take a request", self.device)
+            if message[0] == "batch":
+                _, seq, _, texts, _, _ = message
+                joined = {(info.seq, info.row) for info in self.rows.values()}
+                for row in range(len(texts)):
+                    if (seq, row) not in self._answered | joined:
+                        self._send(seq, row, {"error": f"{type(e).__name__}: {e}"}, 0.0, 1)
 
     def handle(self, message: tuple) -> None:
         if message[0] == "cancel":
@@ -148,16 +175,17 @@ class Runner:
         from engine.pipeline import Generation
 
         opts = SearchOptions(**options)
+        pipeline = self.pipelines[task]
+        sources = self._within_limit(seq, pipeline.tokenize(texts))
         if opts.beam_size > 1:
             started = time.perf_counter()
-            results = self._split_run(task, texts, opts)
+            results = self._split_run(task, [texts[row] for row in sources], opts)
             ms = 1000 * (time.perf_counter() - started)
-            for row, result in enumerate(results):
-                self.conn.send(("done", seq, row, result, ms, len(texts)))
+            for row, result in zip(sources, results, strict=True):
+                self._send(seq, row, result, ms, len(sources))
             return
-        pipeline = self.pipelines[task]
         keys = []
-        for row, source in enumerate(pipeline.tokenize(texts)):
+        for row, source in sources.items():
             if not source:  # nothing to decode: the empty answer, at once
                 self._send(seq, row, _as_dict(Generation("", 0.0), False), 0.0, 1)
                 continue
@@ -168,6 +196,17 @@ class Runner:
         if not batches:
             batches.append(RunningBatch(pipeline.model, task, opts))
         self._join(batches[0], keys)
+
+    def _within_limit(self, seq: int, sources: list[list[str]]) -> dict[int, list[str]]:
+        """The rows within max_input_tokens; the others are answered "invalid" at once."""
+        kept = {}
+        for row, source in enumerate(sources):
+            if self.max_tokens and len(source) > self.max_tokens:
+                problem = f"is {len(source)} tokens; the limit is {self.max_tokens}"
+                self._send(seq, row, {"invalid": problem}, 0.0, 1)
+            else:
+                kept[row] = source
+        return kept
 
     def _join(self, batch: Any, keys: list[int]) -> None:
         """Join; a group whose encoding fails (out of memory, say) is split and retried, so
@@ -233,6 +272,7 @@ class Runner:
         self._send(info.seq, info.row, {"error": f"{type(error).__name__}: {error}"}, 0.0, 1)
 
     def _send(self, seq: int, row: int, result: dict, ms: float, batch_size: int) -> None:
+        self._answered.add((seq, row))
         self.conn.send(("done", seq, row, result, ms, batch_size))
 
     def _recover(self) -> None:
@@ -244,6 +284,8 @@ class Runner:
 
     def _split_run(self, task: str, texts: list[str], opts: Any) -> list[dict[str, Any]]:
         """Beam search of a whole batch; one that fails is split in halves and retried."""
+        if not texts:
+            return []
         try:
             generations = self.pipelines[task].generate(task, texts, opts)
             return [_as_dict(g, opts.return_attention) for g in generations]

@@ -70,8 +70,10 @@ class Worker:
         capacity: int,
         generation: int,
         on_change: Callable[[Worker], None] = lambda w: None,
+        max_tokens: int = 0,
     ):
         self.device, self.models, self.threads, self.half = device, models, threads, half
+        self.max_tokens = max_tokens  # longest input in tokens (0 = the bundle's own cut)
         self.capacity, self.generation, self.on_change = capacity, generation, on_change
         self.tasks: dict[str, dict[str, Any]] = {}
         self.load = 0  # rows sent and not yet answered
@@ -102,7 +104,7 @@ class Worker:
         parent, child = SPAWN.Pipe()
         self._process = SPAWN.Process(
             target=worker_main,
-            args=(child, self.device, str(self.models), self.threads, self.half),
+            args=(child, self.device, str(self.models), self.threads, self.half, self.max_tokens),
             name=f"hanseq-worker-{self.device}",
             daemon=True,
         )

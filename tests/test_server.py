@@ -384,3 +384,39 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
     finally:
         await channel.close()
         await app.stop()
+
+
+async def test_inputs_over_max_input_tokens_are_refused_by_name(service_bundle_path):
+    app = await create_app(settings_for(service_bundle_path, max_input_tokens=3))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+    long, short = "사과 바다 하늘 학교", "사과 바다"  # four morphemes, and two
+    try:
+        assert (await stub.Translate(pb.TranslateRequest(text=short))).text
+        for call, named in [
+            (stub.Translate(pb.TranslateRequest(text=long)), "text"),
+            (stub.Translate(pb.TranslateRequest(text=long, options=_opts(beam_size=3))), "text"),
+            (stub.Respond(pb.RespondRequest(message=long)), "message"),
+            (stub.GenerateBatch(pb.GenerateBatchRequest(task="summarize", texts=[short, long])),
+             "texts[1]"),
+        ]:  # fmt: skip
+            assert await code_of(call) == (
+                CODE.INVALID_ARGUMENT,
+                f"{named}: is 4 tokens; the limit is 3",
+            )
+        stream = stub.GenerateStream(pb.GenerateRequest(task="translate", text=long))
+        assert await code_of(_drain(stream)) == (
+            CODE.INVALID_ARGUMENT,
+            "text: is 4 tokens; the limit is 3",
+        )
+        assert (
+            await stub.Translate(pb.TranslateRequest(text=short, options=_opts(no_cache=True)))
+        ).text
+    finally:
+        await channel.close()
+        await app.stop()
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass

@@ -146,6 +146,28 @@ def test_an_empty_text_is_answered_at_once(runner):
     assert runner.conn.results(6)[1]["text"]
 
 
+def test_a_request_the_loop_cannot_take_fails_alone(runner):
+    runner.handle(batch(7, [TEXTS[0]]))  # in flight while the bad one arrives
+    runner._handle_safely(batch(8, TEXTS[1:3], bogus_option=1))
+    assert [r.get("error", "")[:9] for r in runner.conn.results(8)] == ["TypeError"] * 2
+    drain(runner)
+    assert runner.conn.results(7)[0]["text"]  # the worker lived on and finished it
+
+
+def test_inputs_over_the_token_limit_are_refused_at_once(runner):
+    runner.max_tokens = 3
+    try:
+        long, short = "사과 바다 하늘 학교", "사과 바다"
+        runner.handle(batch(9, [long, short]))
+        runner.handle(batch(10, [long], beam_size=2))  # none left to decode: nothing runs
+        drain(runner)
+    finally:
+        runner.max_tokens = 0
+    assert runner.conn.results(9)[0] == {"invalid": "is 4 tokens; the limit is 3"}
+    assert runner.conn.results(9)[1]["text"]
+    assert runner.conn.results(10) == [{"invalid": "is 4 tokens; the limit is 3"}]
+
+
 def test_find_bundles(service_bundle_path, tmp_path):
     assert find_bundles(service_bundle_path) == [service_bundle_path]
     assert find_bundles(service_bundle_path.parent) == [service_bundle_path]
