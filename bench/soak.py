@@ -3,11 +3,12 @@
     .venv/bin/python bench/soak.py                 # 10 minutes, shipped models, 64 callers
     .venv/bin/python bench/soak.py --minutes 2 --callers 32
 
-Starts a real redis-server and `hanseq serve` (two CPU workers, the shared Redis cache) on
-free ports, and drives them with hanseq_client.AsyncClient callers in a closed loop: the three
-tasks, single calls, batches and streams, greedy, beam and seeded sampling, half the inputs
-repeated (cache hits). During the run Redis is killed and restarted twice and one worker is
-killed. Prints a Markdown table for bench/README.md.
+Starts a real redis-server and `hanseq serve` (two CPU workers, the shared Redis cache, a
+small local layer so that most lookups reach Redis) on free ports, and drives them with
+hanseq_client.AsyncClient callers in a closed loop: the three tasks, single calls, batches
+and streams, greedy, beam and seeded sampling, half the inputs repeated (cache hits). During
+the run Redis is killed and restarted twice and one worker is killed. Prints a Markdown
+table for bench/README.md.
 
 Targets (issue #8): every call succeeds, or fails with a retryable code that the client's
 retries turn into a success: no silent loss, no hang (each call has a deadline); the
@@ -83,6 +84,8 @@ def start_server(args, redis: Redis, port: int, metrics_port: int) -> subprocess
         "HANSEQ_DEVICES": "cpu,cpu",
         "HANSEQ_CPU_THREADS": "1",
         "HANSEQ_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+        # A small local layer, so that most lookups reach Redis and its outages matter.
+        "HANSEQ_CACHE_ENTRIES": str(args.local_entries),
         "HANSEQ_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen([str(ROOT / ".venv" / "bin" / "hanseq"), "serve"], env=env, cwd=ROOT)
@@ -140,16 +143,22 @@ def workers(pid: int) -> list[int]:
     return [p.pid for p in children if any("spawn_main" in part for part in p.cmdline())]
 
 
-def attempts(metrics_port: int) -> Counter[str]:
-    """Every attempt the server answered, by status code (retries included)."""
+def scraped(metrics_port: int) -> tuple[Counter[str], Counter[str]]:
+    """Every attempt the server answered, by status code (retries included), and the cache
+    lookups by layer/result plus its errors."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     codes: Counter[str] = Counter()
+    cache: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "hanseq_requests_total":
                 codes[s.labels["code"]] += int(s.value)
-    return codes
+            elif s.name == "hanseq_cache_lookups_total":
+                cache[f"{s.labels['layer']} {s.labels['result']}"] += int(s.value)
+            elif s.name == "hanseq_cache_errors_total":
+                cache["errors"] += int(s.value)
+    return codes, cache
 
 
 async def chaos(redis: Redis, server: subprocess.Popen, seconds: float, log: list[str]):
@@ -210,7 +219,7 @@ async def soak(args) -> None:
             rss_start = rss_mb(server.pid)
             await load
         rss_end = rss_mb(server.pid)
-        report(args, tally, attempts(metrics_port), events, rss_start, rss_end)
+        report(args, tally, *scraped(metrics_port), events, rss_start, rss_end)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -218,7 +227,7 @@ async def soak(args) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(args, tally: Tally, server_codes: Counter[str], events, rss_start, rss_end) -> None:
+def report(args, tally: Tally, server_codes, cache, events, rss_start, rss_end) -> None:
     lost = sum(tally.failed.values())
     retryable = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
     retried = sum(n for code, n in server_codes.items() if code in retryable)
@@ -237,6 +246,8 @@ def report(args, tally: Tally, server_codes: Counter[str], events, rss_start, rs
     others = ", ".join(f"{c} {n}" for c, n in sorted(server_codes.items()))
     print(f"| server-side attempts by code | {others} |")
     print(f"| p50 / p99 latency of the calls that succeeded | {p50:.0f} / {p99:.0f} ms |")
+    lookups = ", ".join(f"{k} {n}" for k, n in sorted(cache.items()) if k != "errors")
+    print(f"| cache lookups; Redis errors | {lookups}; {cache['errors']} |")
     rss = f"{rss_start:.0f} -> {rss_end:.0f} MB ({growth:+.1f}%)"
     print(f"| server RSS (main + workers), end of warm-up -> end | {rss} |")
     verdict = "met" if lost == 0 and growth < 5 else "NOT met"
@@ -248,7 +259,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the run (10)")
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers (64)")
     parser.add_argument("--models", default=str(ROOT / "models"), help="bundle directory")
-    parser.add_argument("--inputs", type=int, default=400, help="distinct inputs per task")
+    parser.add_argument("--inputs", type=int, default=2000, help="distinct inputs per task")
+    parser.add_argument("--local-entries", type=int, default=256, help="server's local cache")
     parser.add_argument("--deadline", type=float, default=60.0, help="per call, seconds")
     args = parser.parse_args()
     asyncio.run(soak(args))
