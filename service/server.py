@@ -183,7 +183,13 @@ def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
 
 
 def _channel_options(s: Settings) -> list[tuple[str, int]]:
-    return [
+    aged = []
+    if s.max_connection_age_s > 0:  # clients of a scaled-up Deployment find the new pods
+        aged = [
+            ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.grace_period_s * 1000)),
+        ]
+    return aged + [
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),

@@ -55,6 +55,9 @@ class Settings:
     worker_start_timeout_s: float = _f(300.0, "how long a worker may take to load and warm up")
     max_message_bytes: int = _f(4 * 1024 * 1024, "largest gRPC message, in and out")
     keepalive_time_s: float = _f(30.0, "gRPC keepalive ping interval")
+    max_connection_age_s: float = _f(
+        0.0, "close client connections this old, so clients re-resolve and spread (0 = never)"
+    )
     keepalive_timeout_s: float = _f(10.0, "gRPC keepalive ping timeout")
     reflection: bool = _f(True, "serve gRPC server reflection")
     redis_url: str = _f("", "shared cache, e.g. redis://host:6379/0 (empty = in-process only)")

@@ -60,7 +60,9 @@ def test_alert_rules_are_well_formed_and_watch_exported_metrics():
 
 
 def test_dashboard_panels_query_exported_metrics():
-    dashboard = json.loads((DEPLOY / "grafana" / "hanseq-dashboard.json").read_text())
+    dashboard = json.loads(
+        (DEPLOY / "k8s" / "base" / "grafana" / "hanseq-dashboard.json").read_text()
+    )
     known = exported()
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     assert len(exprs) >= 10
