@@ -276,3 +276,19 @@ def settings_for(models, **overrides):
         "max_queue_delay_ms": 10,
     }
     return load_settings({**base, **overrides}, env={})
+
+
+def run_client_example(command: str, target: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A README's shell line, with this venv's commands first and HANSEQ_TARGET set."""
+    return subprocess.run(
+        ["bash", "-c", "set -o pipefail; " + command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "HANSEQ_TARGET": target,
+        },
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_certificates
+from tests.conftest import REPO, make_certificates, run_client_example
 
 PACKAGE = REPO / "clients" / "python"
 README = (PACKAGE / "README.md").read_text(encoding="utf-8")
@@ -50,18 +49,7 @@ def test_the_readme_shows_every_command():
 
 @pytest.mark.parametrize("command", cli_examples())
 def test_cli_example_runs(command, hanseq_server, workdir):
-    run = subprocess.run(
-        ["bash", "-c", "set -o pipefail; " + command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=workdir,
-        env={
-            **os.environ,
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-            "HANSEQ_TARGET": hanseq_server.target,
-        },  # fmt: skip
-    )
+    run = run_client_example(command, hanseq_server.target, workdir)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import REPO, free_port, start_server, wait_serving
+from tests.conftest import REPO, free_port, run_client_example, start_server, wait_serving
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
@@ -95,16 +95,6 @@ def client_commands() -> list[str]:
 
 @pytest.mark.parametrize("command", client_commands())
 def test_client_example_runs(command, hanseq_server):
-    run = subprocess.run(
-        ["bash", "-c", "set -o pipefail; " + command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={
-            **os.environ,
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-            "HANSEQ_TARGET": hanseq_server.target,
-        },  # fmt: skip
-    )
+    run = run_client_example(command, hanseq_server.target, REPO)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()

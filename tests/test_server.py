@@ -20,6 +20,7 @@ from engine.options import SearchOptions
 from engine.pipeline import Pipeline
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
+from hanseq_client import AsyncClient
 from service.server import create_app
 from tests.conftest import reversal_pairs, settings_for
 
@@ -420,3 +421,17 @@ async def test_inputs_over_max_input_tokens_are_refused_by_name(service_bundle_p
 async def _drain(stream) -> None:
     async for _ in stream:
         pass
+
+
+async def test_aged_connections_are_closed_without_failing_calls(service_bundle_path):
+    """max_connection_age_s: the server ends old connections (so clients re-resolve DNS and
+    reach new pods); the client reconnects and no call fails."""
+    app = await create_app(settings_for(service_bundle_path, max_connection_age_s=0.5))
+    try:
+        async with AsyncClient(f"127.0.0.1:{app.port}", timeout=20) as client:
+            started = time.monotonic()
+            while time.monotonic() - started < 2.5:
+                assert (await client.translate(TEXTS[0])).text
+                await asyncio.sleep(0.05)
+    finally:
+        await app.stop()

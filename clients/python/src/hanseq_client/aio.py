@@ -12,7 +12,7 @@ import grpc
 
 from hanseq_client import calls
 from hanseq_client._proto import hanseq_pb2 as pb
-from hanseq_client.channel import DEFAULT_TARGET, TLS, Connection, Retry
+from hanseq_client.base import ClientBase
 from hanseq_client.errors import from_rpc_error
 from hanseq_client.inputs import DecodingOptions, Turn
 from hanseq_client.results import (
@@ -27,34 +27,10 @@ from hanseq_client.results import (
 )
 
 
-class AsyncClient:
-    """A hanseq client for asyncio; the arguments are ``Client``'s."""
+class AsyncClient(ClientBase):
+    """A hanseq client for asyncio; the arguments are ``ClientBase``'s, as for ``Client``."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float = 30.0,
-        token: str | None = None,
-        tls: TLS | bool | None = None,
-        retry: Retry | None = None,
-        wait_for_ready: bool = False,
-        max_message_bytes: int = 4 * 1024 * 1024,
-    ):
-        self._conn = Connection(target, token, tls, retry or Retry(), max_message_bytes)
-        self.timeout, self.wait_for_ready = timeout, wait_for_ready
-        credentials = self._conn.credentials()
-        options = self._conn.options()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=options)
-        )
-        self._stubs = calls.stubs(self._channel)
-
-    @property
-    def target(self) -> str:
-        return self._conn.target
+    _aio = True
 
     async def translate(
         self,
@@ -145,9 +121,6 @@ class AsyncClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.target!r})"
-
     async def _result(self, method: str, request: Any, timeout: float | None, rid: str | None):
         reply, ms = await self._call(method, request, timeout, rid)
         return result_from_pb(reply, ms)
@@ -155,28 +128,16 @@ class AsyncClient:
     async def _call(self, method: str, request: Any, timeout: float | None, rid: str | None):
         started = time.perf_counter()
         try:
-            reply = await self._stubs[method](
-                request,
-                timeout=self.timeout if timeout is None else timeout,
-                metadata=self._conn.metadata(rid),
-                wait_for_ready=self.wait_for_ready,
-            )
+            reply = await self._start(method, request, timeout, rid)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return reply, (time.perf_counter() - started) * 1000
 
     async def _updates(self, request: Any, timeout: float | None, rid: str | None):
-        started = time.perf_counter()
-        deadline = started + (self.timeout if timeout is None else timeout)
-        retry = self._conn.retry
-        resumption = calls.StreamResumption(request, retry.max_attempts, retry.initial_backoff)
+        started, deadline = time.perf_counter(), self._deadline(timeout)
+        resumption = self._resumption(request)
         while True:
-            call = self._stubs["GenerateStream"](
-                request,
-                timeout=max(0.0, deadline - time.perf_counter()),
-                metadata=self._conn.metadata(rid),
-                wait_for_ready=self.wait_for_ready,
-            )
+            call = self._start("GenerateStream", request, deadline - time.perf_counter(), rid)
             resumption.restart()
             try:
                 async for reply in call:

@@ -81,6 +81,14 @@ class Connection:
     retry: Retry = field(default_factory=Retry)
     max_message_bytes: int = 4 * 1024 * 1024
 
+    def open(self, aio: bool) -> Any:
+        """A grpc (or grpc.aio) channel to the target, with TLS when asked for."""
+        module: Any = grpc.aio if aio else grpc
+        credentials = self.credentials()
+        if credentials is None:
+            return module.insecure_channel(self.target, options=self.options())
+        return module.secure_channel(self.target, credentials, options=self.options())
+
     def credentials(self) -> grpc.ChannelCredentials | None:
         if self.tls is True:
             return grpc.ssl_channel_credentials()

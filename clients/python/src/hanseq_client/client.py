@@ -10,7 +10,7 @@ import grpc
 
 from hanseq_client import calls
 from hanseq_client._proto import hanseq_pb2 as pb
-from hanseq_client.channel import DEFAULT_TARGET, TLS, Connection, Retry
+from hanseq_client.base import ClientBase
 from hanseq_client.errors import from_rpc_error
 from hanseq_client.inputs import DecodingOptions, Turn
 from hanseq_client.results import (
@@ -25,42 +25,9 @@ from hanseq_client.results import (
 )
 
 
-class Client:
-    """A hanseq client.
-
-    ``target``: ``host:port``, or ``dns:///name:port`` to spread calls over every address the
-    name resolves to. ``timeout``: the deadline of every call, in seconds, unless a call gives
-    its own. ``token``: sent as ``authorization: Bearer ...``. ``tls``: ``True`` (the system's
-    roots) or a ``TLS`` (own roots, mutual TLS). ``retry``: gRPC's retry policy (``NO_RETRY``
-    turns it off). ``wait_for_ready``: wait (within the deadline) for a server to come up
-    instead of failing at once when none is reachable.
-    """
-
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float = 30.0,
-        token: str | None = None,
-        tls: TLS | bool | None = None,
-        retry: Retry | None = None,
-        wait_for_ready: bool = False,
-        max_message_bytes: int = 4 * 1024 * 1024,
-    ):
-        self._conn = Connection(target, token, tls, retry or Retry(), max_message_bytes)
-        self.timeout, self.wait_for_ready = timeout, wait_for_ready
-        credentials = self._conn.credentials()
-        options = self._conn.options()
-        self._channel = (
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(target, options=options)
-        )
-        self._stubs = calls.stubs(self._channel)
-
-    @property
-    def target(self) -> str:
-        return self._conn.target
+class Client(ClientBase):
+    """A hanseq client; the arguments are ``ClientBase``'s (target, timeout, token, tls,
+    retry, wait_for_ready, max_message_bytes)."""
 
     # -- the tasks ---------------------------------------------------------------------------
 
@@ -164,9 +131,6 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"Client({self.target!r})"
-
     # -- plumbing ----------------------------------------------------------------------------
 
     def _result(self, method: str, request: Any, timeout: float | None, rid: str | None):
@@ -176,28 +140,16 @@ class Client:
     def _call(self, method: str, request: Any, timeout: float | None, rid: str | None):
         started = time.perf_counter()
         try:
-            reply = self._stubs[method](
-                request,
-                timeout=self.timeout if timeout is None else timeout,
-                metadata=self._conn.metadata(rid),
-                wait_for_ready=self.wait_for_ready,
-            )
+            reply = self._start(method, request, timeout, rid)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return reply, (time.perf_counter() - started) * 1000
 
     def _updates(self, request: Any, timeout: float | None, rid: str | None):
-        started = time.perf_counter()
-        deadline = started + (self.timeout if timeout is None else timeout)
-        retry = self._conn.retry
-        resumption = calls.StreamResumption(request, retry.max_attempts, retry.initial_backoff)
+        started, deadline = time.perf_counter(), self._deadline(timeout)
+        resumption = self._resumption(request)
         while True:
-            call = self._stubs["GenerateStream"](
-                request,
-                timeout=max(0.0, deadline - time.perf_counter()),
-                metadata=self._conn.metadata(rid),
-                wait_for_ready=self.wait_for_ready,
-            )
+            call = self._start("GenerateStream", request, deadline - time.perf_counter(), rid)
             resumption.restart()
             try:
                 for reply in call:
