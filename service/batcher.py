@@ -206,6 +206,9 @@ class Batcher:
             request = batch[row]
             if request.future.done():
                 return
+            if "cancelled" in result:  # the caller left before its row was decoded
+                request.future.cancel()
+                return
             if "invalid" in result:  # the worker's own check of the input (its token count)
                 request.future.set_exception(InvalidArgument("text", result["invalid"]))
                 return

@@ -58,6 +58,12 @@ class Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
 
 
+class FailedPrecondition(ServiceError):
+    """The server cannot do this as things stand (a reload whose bundles do not load)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unimplemented(ServiceError):
     """A task the loaded bundles do not have, asked for by its own RPC (Summarize, ...)."""
 

@@ -16,7 +16,13 @@ from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from service.batcher import Batcher, Outcome, Request
 from service.cache import ResponseCache, cache_key, cacheable
-from service.errors import DeadlineExceeded, InvalidArgument, Unavailable, Unimplemented
+from service.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    Unimplemented,
+)
 from service.pool import WorkerPool
 from service.settings import Settings
 
@@ -100,7 +106,12 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     async def ReloadModels(self, request, context):
         if self.reload is None:
             raise Unavailable("this server cannot reload its models")
-        await self.reload()
+        try:
+            await self.reload()
+        except Unavailable as e:  # not retryable: the same bundles would fail the same way
+            raise FailedPrecondition(
+                f"reload failed; the previous models still serve: {e.message}"
+            ) from None
         return pb.ReloadModelsResponse(tasks=self._task_infos())
 
     # ---- helpers ----------------------------------------------------------------------------

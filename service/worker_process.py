@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -61,6 +62,21 @@ class _Row:
     ids: list[int] = field(default_factory=list)  # streamed so far
 
 
+@dataclass
+class _BeamRow:
+    """A beam search request waiting for its turn (beam search decodes whole groups)."""
+
+    seq: int
+    row: int
+    task: str
+    text: str
+    options: tuple  # sorted items: rows with equal options are decoded together
+    search: Any  # SearchOptions
+
+
+BEAM_GROUP = 8  # beam rows decoded at once: between groups the loop reads cancellations
+
+
 class Runner:
     """The worker's loaded bundles, its running batches, and the loop that feeds them."""
 
@@ -99,6 +115,7 @@ class Runner:
                 self.bundles[task] = bundle
         self.running: dict[BatchKey, list[Any]] = {}  # RunningBatches, usually one per key
         self.rows: dict[int, _Row] = {}
+        self.beams: deque[_BeamRow] = deque()
         self._answered: set[tuple[int, int]] = set()  # (seq, row) sent while handling one message
         self._next_key = 0
         self._warm_up()
@@ -133,7 +150,7 @@ class Runner:
     def serve(self) -> None:
         """Read what the server sent (waiting only when nothing decodes), then step."""
         while True:
-            while not self.running or self.conn.poll(0):
+            while not (self.running or self.beams) or self.conn.poll(0):
                 message = self.conn.recv()
                 if message[0] == "stop":
                     return
@@ -162,6 +179,9 @@ class Runner:
                 if info.seq == seq and info.row == row:
                     for batch in self._batches():
                         batch.cancel([key])
+            if any((b.seq, b.row) == (seq, row) for b in self.beams):
+                self.beams = deque(b for b in self.beams if (b.seq, b.row) != (seq, row))
+                self._send(seq, row, {"cancelled": True}, 0.0, 1)  # never decoded; answered
             return
         _, seq, task, texts, options, stream_rows = message
         self.admit(seq, task, texts, options, set(stream_rows))
@@ -178,11 +198,8 @@ class Runner:
         pipeline = self.pipelines[task]
         sources = self._within_limit(seq, pipeline.tokenize(texts))
         if opts.beam_size > 1:
-            started = time.perf_counter()
-            results = self._split_run(task, [texts[row] for row in sources], opts)
-            ms = 1000 * (time.perf_counter() - started)
-            for row, result in zip(sources, results, strict=True):
-                self._send(seq, row, result, ms, len(sources))
+            same = tuple(sorted(options.items()))
+            self.beams.extend(_BeamRow(seq, r, task, texts[r], same, opts) for r in sources)
             return
         keys = []
         for row, source in sources.items():
@@ -192,6 +209,8 @@ class Runner:
             key, self._next_key = self._next_key, self._next_key + 1
             self.rows[key] = _Row(seq, row, task, source, row in stream)
             keys.append(key)
+        if not keys:  # every row answered already: no batch to start (an empty one never ends)
+            return
         batches = self.running.setdefault((task, tuple(sorted(options.items()))), [])
         if not batches:
             batches.append(RunningBatch(pipeline.model, task, opts))
@@ -229,10 +248,35 @@ class Runner:
             self.rows[key].batch_size = len(batch)
 
     def step(self) -> None:
-        """One decoding step of every running batch; a batch whose step fails is split in
-        two (each goes on), and a row that fails alone is failed."""
+        """One decoding step of every running batch, and one group of beam rows."""
+        self._step_running()
+        self._beam_group()
+
+    def _beam_group(self) -> None:
+        """Up to BEAM_GROUP waiting beam rows of the first one's task and options, decoded
+        whole: a huge beam request neither stalls the greedy rows for long nor, once its
+        caller has gone, goes on costing the worker past the group in hand."""
+        if not self.beams:
+            return
+        first = self.beams[0]
+        group = [b for b in self.beams if (b.task, b.options) == (first.task, first.options)]
+        group = group[:BEAM_GROUP]
+        taken = {(b.seq, b.row) for b in group}
+        self.beams = deque(b for b in self.beams if (b.seq, b.row) not in taken)
+        started = time.perf_counter()
+        results = self._split_run(first.task, [b.text for b in group], first.search)
+        ms = 1000 * (time.perf_counter() - started)
+        for beam, result in zip(group, results, strict=True):
+            self._send(beam.seq, beam.row, result, ms, len(group))
+
+    def _step_running(self) -> None:
+        """A batch whose step fails is split in two (each goes on), and a row that fails
+        alone is failed."""
         for key, batches in list(self.running.items()):
             for batch in list(batches):
+                if not batch:  # nothing left in it (all its rows left): drop, never step
+                    batches.remove(batch)
+                    continue
                 try:
                     finished = batch.step(self._on_step)
                 except Exception as e:

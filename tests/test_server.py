@@ -435,3 +435,28 @@ async def test_aged_connections_are_closed_without_failing_calls(service_bundle_
                 await asyncio.sleep(0.05)
     finally:
         await app.stop()
+
+
+async def test_a_reload_of_a_damaged_bundle_is_refused_and_the_old_one_serves(
+    service_bundle_path, tmp_path
+):
+    models = shutil.copytree(service_bundle_path, tmp_path / "b")
+    app = await create_app(settings_for(models))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+    try:
+        before = await stub.Translate(pb.TranslateRequest(text=TEXTS[0]))
+        weights = models / "weights.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF  # one flipped bit of one weight
+        weights.write_bytes(bytes(data))
+        code, message = await code_of(stub.ReloadModels(pb.ReloadModelsRequest()))
+        assert code == CODE.FAILED_PRECONDITION and "previous models still serve" in message
+        assert "weights.safetensors" in message
+        after = await stub.Translate(
+            pb.TranslateRequest(text=TEXTS[0], options=_opts(no_cache=True))
+        )
+        assert after.text == before.text and after.model_version == before.model_version
+    finally:
+        await channel.close()
+        await app.stop()

@@ -49,7 +49,7 @@ def batch(seq, texts, task="translate", stream=(), **options):
 
 
 def drain(runner):
-    while runner.running:
+    while runner.running or runner.beams:
         runner.step()
 
 
@@ -117,7 +117,22 @@ def test_beam_batches_split_and_retry_too(runner, monkeypatch):
 
     monkeypatch.setattr(pipeline, "generate", limited)
     runner.handle(batch(4, TEXTS, beam_size=3))
+    drain(runner)
     assert [r["text"] for r in runner.conn.results(4)] == [g.text for g in expected]
+
+
+def test_beam_rows_go_in_groups_and_cancelled_ones_are_never_decoded(runner):
+    many = [TEXTS[i % len(TEXTS)] for i in range(20)]
+    runner.handle(batch(11, many, beam_size=2))
+    runner.handle(batch(12, [TEXTS[0]]))  # a greedy row, stepping between the groups
+    runner.step()
+    assert len(runner.conn.results(11)) == 8  # the first group only
+    for row in range(8, 20):
+        runner.handle(("cancel", 11, row))  # its caller left
+    drain(runner)
+    answers = runner.conn.results(11)  # every row is answered, or the parent's count leaks
+    assert len(answers) == 20 and answers[8:] == [{"cancelled": True}] * 12
+    assert all("text" in a for a in answers[:8]) and runner.conn.results(12)[0]["text"]
 
 
 def _beam():
@@ -137,6 +152,18 @@ def test_stream_rows_get_partials_and_cancelled_rows_stop(runner):
     assert {m[2] for m in partials} == {0} and partials[-1][3] == results[0]["text"]
     assert len(results[1]["tokens"]) <= 1 and len(results[2]["tokens"]) <= 2
     assert len(results[0]["tokens"]) >= 40
+
+
+def test_a_message_whose_rows_are_all_answered_at_once_starts_no_batch(runner):
+    runner.max_tokens = 3
+    try:
+        runner.handle(batch(13, ["사과 바다 하늘 학교"]))  # over the limit: answered at once
+    finally:
+        runner.max_tokens = 0
+    assert not runner.running  # an empty running batch would be stepped forever
+    runner.handle(batch(14, [TEXTS[0]]))
+    drain(runner)
+    assert runner.conn.results(14)[0]["text"]
 
 
 def test_an_empty_text_is_answered_at_once(runner):
@@ -160,6 +187,7 @@ def test_inputs_over_the_token_limit_are_refused_at_once(runner):
         long, short = "사과 바다 하늘 학교", "사과 바다"
         runner.handle(batch(9, [long, short]))
         runner.handle(batch(10, [long], beam_size=2))  # none left to decode: nothing runs
+        assert not runner.beams
         drain(runner)
     finally:
         runner.max_tokens = 0
