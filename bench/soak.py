@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,9 +36,13 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from hanseq_client import AsyncClient, HanseqError
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.serve import free_port  # noqa: E402
+from engine.data import read_tsv  # noqa: E402
+from hanseq_client import AsyncClient, HanseqError  # noqa: E402
+
 CORPORA = Path(os.environ.get("HANSEQ_CORPORA") or ROOT.parent / "shared" / "corpora")
 SOURCES = {
     "translate": "translate-koen/valid.tsv",
@@ -47,12 +50,6 @@ SOURCES = {
     "summarize": "summarize-ko/valid.tsv",
 }
 OPTIONS = [{}, {}, {"beam_size": 4}, {"sample": True, "seed": 7, "top_p": 0.9}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Redis:
@@ -95,8 +92,8 @@ def inputs(per_task: int, seed: int) -> dict[str, list[str]]:
     rng = random.Random(seed)
     out = {}
     for task, name in SOURCES.items():
-        lines = (CORPORA / name).read_text(encoding="utf-8").splitlines()
-        sources = [line.split("\t")[0] for line in lines if line.split("\t")[0].strip()]
+        examples, _ = read_tsv(CORPORA / name)
+        sources = [e.source for e in examples]
         out[task] = rng.sample(sources, min(per_task, len(sources)))
     return out
 

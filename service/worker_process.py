@@ -167,9 +167,10 @@ class Runner:
             log.exception("worker on %s could not take a request", self.device)
             if message[0] == "batch":
                 _, seq, _, texts, _, _ = message
-                joined = {(info.seq, info.row) for info in self.rows.values()}
+                taken = {(info.seq, info.row) for info in self.rows.values()}
+                taken |= {(b.seq, b.row) for b in self.beams} | self._answered
                 for row in range(len(texts)):
-                    if (seq, row) not in self._answered | joined:
+                    if (seq, row) not in taken:
                         self._send(seq, row, {"error": f"{type(e).__name__}: {e}"}, 0.0, 1)
 
     def handle(self, message: tuple) -> None:
