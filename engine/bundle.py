@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig, TokenizerConfig, from_dict
+from engine.copy import copy_maps
 from engine.heads import Seq2Seq, build_model
 from engine.tokenizers import Tokenizer, build_tokenizer
 from engine.vocabulary import Vocabulary
@@ -126,7 +127,12 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         model_cfg = from_dict(ModelConfig, manifest["model"], "model")
     except (KeyError, ValueError, OSError) as e:
         raise BundleError(f"{directory / MANIFEST}: inconsistent bundle: {e}") from None
-    model = build_model(model_cfg, len(source.vocab), {t: len(s.vocab) for t, s in targets.items()})
+    model = build_model(
+        model_cfg,
+        len(source.vocab),
+        {t: len(s.vocab) for t, s in targets.items()},
+        copy_maps(source.vocab, {t: s.vocab for t, s in targets.items()}),
+    )
     _load_weights(model, directory / WEIGHTS)
     model.to(device).eval()
     return Bundle(directory, manifest, model, model_cfg, source, targets)

@@ -59,6 +59,7 @@ class ModelConfig:
     input_feeding: bool = True
     peeky: bool = False  # also feed the encoder summary to every decoder step
     tie_embeddings: bool = True  # generator weights = target embeddings
+    copy: bool = False  # pointer-generator heads: copy source pieces the target vocab shares
     dropout: float = 0.2
 
 

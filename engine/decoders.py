@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from engine.attention import build_attention
 from engine.config import ModelConfig
+from engine.copy import NOT_COPYABLE
 from engine.encoders import EncoderOutput
 from engine.vocabulary import PAD_ID
 
@@ -30,11 +31,14 @@ class Memory:
     keys: Tensor  # batch x src_len x (attention's key size)
     mask: Tensor  # batch x src_len
     summary: Tensor  # batch x enc_size: mean of the source states
+    copy: Tensor | None = None  # batch x src_len target ids to copy (copy heads only)
 
     def index_select(self, index: Tensor) -> Memory:
-        return Memory(
-            *(t.index_select(0, index) for t in (self.values, self.keys, self.mask, self.summary))
-        )
+        def rows(t: Tensor) -> Tensor:
+            return t.index_select(0, index)
+
+        copy = None if self.copy is None else rows(self.copy)
+        return Memory(rows(self.values), rows(self.keys), rows(self.mask), rows(self.summary), copy)
 
     def width(self, width: int) -> Memory:
         """Padded (or cut) to ``width`` source positions; cut only past every row's end."""
@@ -43,13 +47,18 @@ class Memory:
             return self
         if extra < 0:
             return Memory(
-                self.values[:, :width], self.keys[:, :width], self.mask[:, :width], self.summary
+                self.values[:, :width],
+                self.keys[:, :width],
+                self.mask[:, :width],
+                self.summary,
+                None if self.copy is None else self.copy[:, :width],
             )
         return Memory(
             F.pad(self.values, (0, 0, 0, extra)),
             F.pad(self.keys, (0, 0, 0, extra)),
             F.pad(self.mask, (0, extra)),
             self.summary,
+            None if self.copy is None else F.pad(self.copy, (0, extra), value=NOT_COPYABLE),
         )
 
     @staticmethod
@@ -57,15 +66,13 @@ class Memory:
         """Rows of ``a`` then rows of ``b``, padded to the wider of the two."""
         width = max(a.values.size(1), b.values.size(1))
         a, b = a.width(width), b.width(width)
+        copy = None if a.copy is None or b.copy is None else torch.cat([a.copy, b.copy])
         return Memory(
-            *(
-                torch.cat(pair)
-                for pair in zip(
-                    (a.values, a.keys, a.mask, a.summary),
-                    (b.values, b.keys, b.mask, b.summary),
-                    strict=True,
-                )
-            )
+            torch.cat([a.values, b.values]),
+            torch.cat([a.keys, b.keys]),
+            torch.cat([a.mask, b.mask]),
+            torch.cat([a.summary, b.summary]),
+            copy,
         )
 
 

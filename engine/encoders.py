@@ -18,6 +18,7 @@ class EncoderOutput:
     final: Tensor  # batch x output_size: the last layer's final state, both directions
     final_cell: Tensor | None  # batch x output_size (LSTM only)
     mask: Tensor  # batch x src_len, True on real tokens
+    ids: Tensor  # batch x src_len: the source ids (a copy head looks up their target twins)
 
 
 class Encoder(nn.Module):
@@ -56,6 +57,7 @@ class RecurrentEncoder(Encoder):
             final=self._last_layer(h),
             final_cell=None if c is None else self._last_layer(c),
             mask=src != PAD_ID,
+            ids=src,
         )
 
     def _last_layer(self, h: Tensor) -> Tensor:

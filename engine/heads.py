@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import ConfigurationError, ModelConfig
+from engine.copy import CopyGate
 from engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from engine.encoders import Encoder, EncoderOutput, build_encoder
 
@@ -13,29 +14,48 @@ from engine.encoders import Encoder, EncoderOutput, build_encoder
 class TaskHead(nn.Module):
     """Decoder + generator over this task's target vocabulary."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, enc_size: int):
+    def __init__(
+        self, cfg: ModelConfig, vocab_size: int, enc_size: int, copy_mapping: Tensor | None = None
+    ):
         super().__init__()
         self.decoder: RecurrentDecoder = build_decoder(cfg, vocab_size, enc_size)
         self.generator = nn.Linear(self.decoder.output_size, vocab_size)
         if cfg.tie_embeddings:  # sizes match by construction: output_size == embedding_dim
             self.generator.weight = self.decoder.embed.weight
+        self.copy = (
+            None if copy_mapping is None else CopyGate(self.decoder.output_size, copy_mapping)
+        )
 
         self._packed: tuple[tuple, Tensor, Tensor] | None = None  # see _inference_logits
 
     def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
-        return self.decoder.prepare(enc)
+        memory, state = self.decoder.prepare(enc)
+        if self.copy is not None:
+            memory.copy = self.copy.source_targets(enc.ids)
+        return memory, state
 
     def step(
         self, prev: Tensor, state: DecoderState, memory: Memory
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """-> logits (batch x vocab), new state, attention (batch x src_len).
 
-        Without gradients the logits may have a few extra columns past the vocabulary, at
-        -inf: they never win and add nothing to a softmax."""
+        A copy head returns log-probabilities instead (engine/copy.py): the same
+        distribution under the log-softmax every caller applies. Without gradients the
+        logits may have a few extra columns past the vocabulary, at -inf: they never win and
+        add nothing to a softmax."""
         vector, state, weights = self.decoder.step(prev, state, memory)
         if torch.is_grad_enabled():
-            return self.generator(vector), state, weights
-        return self._inference_logits(vector), state, weights
+            return self._copied(self.generator(vector), vector, weights, memory), state, weights
+        logits = self._copied(self._inference_logits(vector), vector, weights, memory)
+        if self.copy is not None:  # the padding columns the copy gate made finite
+            logits[:, self.generator.weight.size(0) :] = float("-inf")
+        return logits, state, weights
+
+    def _copied(self, logits: Tensor, vector: Tensor, weights: Tensor, memory: Memory) -> Tensor:
+        if self.copy is None:
+            return logits
+        assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
+        return self.copy(logits, vector, weights, memory.copy)
 
     def _inference_logits(self, vector: Tensor) -> Tensor:
         """The generator as one addmm on a transposed weight padded to a multiple of 16
@@ -97,9 +117,20 @@ class Seq2Seq(nn.Module):
         return torch.stack(logits, dim=1)
 
 
-def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocabs: dict[str, int]) -> Seq2Seq:
+def build_model(
+    cfg: ModelConfig,
+    src_vocab: int,
+    tgt_vocabs: dict[str, int],
+    copy_maps: dict[str, Tensor] | None = None,
+) -> Seq2Seq:
+    """``copy_maps`` (task -> engine.copy.copy_map of its vocabularies) when ``cfg.copy``."""
     if not tgt_vocabs:
         raise ConfigurationError("tasks: a model needs at least one task head")
+    maps: dict[str, Tensor | None] = {t: None for t in tgt_vocabs}
+    if cfg.copy:
+        if copy_maps is None or set(copy_maps) != set(tgt_vocabs):
+            raise ConfigurationError("model.copy: every task head needs its copy map")
+        maps.update(copy_maps)
     encoder = build_encoder(cfg, src_vocab)
-    heads = {t: TaskHead(cfg, v, encoder.output_size) for t, v in tgt_vocabs.items()}
+    heads = {t: TaskHead(cfg, v, encoder.output_size, maps[t]) for t, v in tgt_vocabs.items()}
     return Seq2Seq(encoder, heads)

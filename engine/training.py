@@ -25,6 +25,7 @@ from tqdm import tqdm
 from engine import distributed as dist_utils
 from engine.bundle import Side, save_bundle
 from engine.config import Config
+from engine.copy import copy_maps
 from engine.data import BatchStream, DataError, Encoded, Example, encode, fingerprint, read_tsv
 from engine.heads import Seq2Seq, build_model
 from engine.metrics import task_scores
@@ -77,7 +78,9 @@ class Trainer:
         torch.manual_seed(self.t.seed + ctx.rank)
         self.source, self.targets, self.tasks = self._prepare_data()
         sizes = {task: len(side.vocab) for task, side in self.targets.items()}
-        self.model: Seq2Seq = build_model(cfg.model, len(self.source.vocab), sizes).to(ctx.device)
+        maps = copy_maps(self.source.vocab, {t: s.vocab for t, s in self.targets.items()})
+        self.model: Seq2Seq = build_model(cfg.model, len(self.source.vocab), sizes, maps)
+        self.model.to(ctx.device)
         self.net: torch.nn.Module = self.model
         if ctx.distributed:  # with several heads, the others are idle in a step
             self.net = DistributedDataParallel(

@@ -16,13 +16,16 @@ VARIANTS = [
     dict(rnn="lstm", attention="dot", peeky=True),
     dict(rnn="gru", attention="general", input_feeding=False, encoder_layers=2, decoder_layers=2),
     dict(rnn="lstm", attention="bahdanau", bidirectional=False, tie_embeddings=False),
+    dict(rnn="lstm", attention="general", copy=True),
 ]
 
 
 def tiny(**overrides):
     cfg = ModelConfig(embedding_dim=16, hidden_size=24, dropout=0.0, **overrides)
     torch.manual_seed(0)
-    return build_model(cfg, src_vocab=30, tgt_vocabs={"a": 20, "b": 25}).eval()
+    sizes = {"a": 20, "b": 25}
+    maps = {t: torch.arange(30).where(torch.arange(30) < n, -1) for t, n in sizes.items()}
+    return build_model(cfg, src_vocab=30, tgt_vocabs=sizes, copy_maps=maps).eval()
 
 
 def batch(pad_to: int):
