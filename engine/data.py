@@ -160,7 +160,10 @@ class BatchStream:
     Deterministic from (seed, rank, pool number); ``state``/``restore`` resume it exactly.
     """
 
-    POOL_BATCHES = 50
+    # 400 batches per pool, sorted by source then target length: measured on translate-koen,
+    # 83% of the padded target positions are real tokens (62% with 50 batches sorted by
+    # source length alone), and a step decodes 24% fewer positions.
+    POOL_BATCHES = 400
 
     def __init__(
         self,
@@ -189,7 +192,7 @@ class BatchStream:
         rng = np.random.default_rng([self.seed, self.rank, number])
         size = self.batch_size * self.POOL_BATCHES
         drawn = rng.choice(len(self.probs), size=size, p=self.probs).tolist()
-        picks = sorted(drawn, key=lambda i: len(self.data.sources[i]))
+        picks = sorted(drawn, key=lambda i: (len(self.data.sources[i]), len(self.data.targets[i])))
         batches = [picks[i : i + self.batch_size] for i in range(0, size, self.batch_size)]
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]

@@ -146,7 +146,27 @@ class RecurrentDecoder(nn.Module):
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """prev: batch ids -> attentional vector (batch x output_size), new state,
         attention weights (batch x src_len)."""
-        inputs = [self.dropout(self.embed(prev))]
+        return self._advance(self.dropout(self.embed(prev)), state, memory)
+
+    def unroll(self, inputs: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Every step of a known input sequence (training): batch x tgt_len ids ->
+        attentional vectors (batch x tgt_len x output_size), weights (batch x tgt_len x src_len).
+
+        The inputs are embedded in one lookup: on the CPU, the backward of each per-step
+        lookup zero-fills a vocabulary-sized gradient, and those fills were a third of a
+        training step."""
+        vectors, weights = [], []
+        # unbind, not [:, t]: the backward of each slice would zero-fill the whole sequence
+        for embedded in self.dropout(self.embed(inputs)).unbind(1):
+            vector, state, w = self._advance(embedded, state, memory)
+            vectors.append(vector)
+            weights.append(w)
+        return torch.stack(vectors, 1), torch.stack(weights, 1)
+
+    def _advance(
+        self, embedded: Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        inputs = [embedded]
         if self.cfg.input_feeding:
             inputs.append(state.feed)
         if self.cfg.peeky:

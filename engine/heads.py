@@ -9,6 +9,7 @@ from engine.config import ConfigurationError, ModelConfig
 from engine.copy import CopyGate
 from engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from engine.encoders import Encoder, EncoderOutput, build_encoder
+from engine.vocabulary import PAD_ID
 
 
 class TaskHead(nn.Module):
@@ -50,6 +51,35 @@ class TaskHead(nn.Module):
         if self.copy is not None:  # the padding columns the copy gate made finite
             logits[:, self.generator.weight.size(0) :] = float("-inf")
         return logits, state, weights
+
+    def unroll(
+        self, inputs: Tensor, state: DecoderState, memory: Memory, keep: Tensor | None = None
+    ) -> Tensor:
+        """Training: every step of a known input sequence -> logits, batch x tgt_len x vocab,
+        or, given ``keep`` (batch x tgt_len, True on real target tokens), only those rows:
+        kept x vocab. The generator (and the copy gate) run once over all steps, one large
+        matrix product instead of one per step, and never on padding: the output layer is
+        most of a step's arithmetic."""
+        vectors, weights = self.decoder.unroll(inputs, state, memory)
+        if keep is None:
+            keep = torch.ones(inputs.shape, dtype=torch.bool, device=inputs.device)
+            shape = (*inputs.shape, -1)
+        else:
+            shape = (-1, self.generator.weight.size(0))
+        logits = self.generator(vectors[keep])
+        if self.copy is not None:
+            assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
+            targets = memory.copy.unsqueeze(1).expand(*inputs.shape, -1)
+            logits = self.copy(logits, vectors[keep], weights[keep], targets[keep])
+        return logits.view(shape)
+
+    def predict(self, vector: Tensor, weights: Tensor, memory: Memory, rows: Tensor) -> Tensor:
+        """Logits (or a copy head's log-probabilities) of these ``rows`` of a step only."""
+        logits = self.generator(vector[rows])
+        if self.copy is None:
+            return logits
+        assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
+        return self.copy(logits, vector[rows], weights[rows], memory.copy[rows])
 
     def _copied(self, logits: Tensor, vector: Tensor, weights: Tensor, memory: Memory) -> Tensor:
         if self.copy is None:
@@ -95,9 +125,16 @@ class Seq2Seq(nn.Module):
         return self.encoder(src, src_len)
 
     def forward(
-        self, task: str, src: Tensor, src_len: Tensor, tgt_in: Tensor, gold_ratio: float = 1.0
+        self,
+        task: str,
+        src: Tensor,
+        src_len: Tensor,
+        tgt_in: Tensor,
+        gold_ratio: float = 1.0,
+        keep: Tensor | None = None,
     ) -> Tensor:
-        """Training pass -> logits (batch x tgt_len x vocab).
+        """Training pass -> logits (batch x tgt_len x vocab), or only the ``keep`` positions'
+        (kept x vocab; see TaskHead.unroll).
 
         ``tgt_in`` is BOS + target. Each step reads the gold previous token with probability
         ``gold_ratio``, else the model's own previous prediction (scheduled sampling, decided
@@ -105,16 +142,35 @@ class Seq2Seq(nn.Module):
         """
         head = self.head(task)
         memory, state = head.prepare(self.encode(src, src_len))
-        logits: list[Tensor] = []
-        for t in range(tgt_in.size(1)):
-            prev = tgt_in[:, t]
-            if t > 0 and gold_ratio < 1.0:
-                own = logits[-1].detach().argmax(-1)
-                gold = torch.rand(prev.shape, device=prev.device) < gold_ratio
-                prev = torch.where(gold, prev, own)
-            step_logits, state, _ = head.step(prev, state, memory)
-            logits.append(step_logits)
-        return torch.stack(logits, dim=1)
+        if gold_ratio < 1.0:
+            tgt_in = self._scheduled_inputs(head, memory, state, tgt_in, gold_ratio)
+        return head.unroll(tgt_in, state, memory, keep)
+
+    @staticmethod
+    def _scheduled_inputs(
+        head: TaskHead, memory: Memory, state: DecoderState, gold: Tensor, gold_ratio: float
+    ) -> Tensor:
+        """The inputs scheduled sampling feeds: each step reads the previous gold token with
+        probability ``gold_ratio`` and the model's own argmax otherwise. The predictions are
+        constants to the loss either way (no gradient flows through an argmax), so they come
+        from a pass without gradients, and the pass that learns then runs on the mixed inputs
+        as on gold ones (one embedding lookup, one output product). The coins are tossed
+        first, so this pass runs the output layer only on the rows that will read their own
+        prediction, and stops after the last such step."""
+        own = torch.rand(gold.shape, device=gold.device) >= gold_ratio
+        own[:, 0] = False  # the first input is always BOS
+        own &= gold != PAD_ID
+        wanted = own.any(0).nonzero()
+        if wanted.numel() == 0:
+            return gold
+        inputs = gold.clone()
+        with torch.no_grad():
+            for t in range(1, int(wanted.max()) + 1):
+                vector, state, weights = head.decoder.step(inputs[:, t - 1], state, memory)
+                rows = own[:, t].nonzero().squeeze(1)
+                if rows.numel():
+                    inputs[rows, t] = head.predict(vector, weights, memory, rows).argmax(-1)
+        return inputs
 
 
 def build_model(

@@ -217,13 +217,11 @@ class Trainer:
         task = self._pick_task()
         batch = next(self.streams[task]).to(self.ctx.device)
         ratio = teacher_forcing_ratio(self.t.teacher_forcing, self.step)
+        real = batch.tgt_out != PAD_ID  # the output layer never runs on padding
         with dist_utils.autocast(self.amp, self.ctx.device):
-            logits = self.net(task, batch.src, batch.src_len, batch.tgt_in, ratio)
+            logits = self.net(task, batch.src, batch.src_len, batch.tgt_in, ratio, real)
         loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)),
-            batch.tgt_out.reshape(-1),
-            ignore_index=PAD_ID,
-            label_smoothing=self.t.label_smoothing,
+            logits.float(), batch.tgt_out[real], label_smoothing=self.t.label_smoothing
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
