@@ -156,21 +156,25 @@ class Seq2Seq(nn.Module):
         from a pass without gradients, and the pass that learns then runs on the mixed inputs
         as on gold ones (one embedding lookup, one output product). The coins are tossed
         first, so this pass runs the output layer only on the rows that will read their own
-        prediction, and stops after the last such step."""
+        prediction, only for the sentences that have one (few, early in a schedule), and
+        stops after the last such step."""
         own = torch.rand(gold.shape, device=gold.device) >= gold_ratio
         own[:, 0] = False  # the first input is always BOS
         own &= gold != PAD_ID
-        wanted = own.any(0).nonzero()
-        if wanted.numel() == 0:
+        sentences = own.any(1).nonzero().squeeze(1)
+        if sentences.numel() == 0:
             return gold
-        inputs = gold.clone()
+        own, inputs = own[sentences], gold[sentences].clone()
+        memory, state = memory.index_select(sentences), state.index_select(sentences)
         with torch.no_grad():
-            for t in range(1, int(wanted.max()) + 1):
+            for t in range(1, int(own.any(0).nonzero().max()) + 1):
                 vector, state, weights = head.decoder.step(inputs[:, t - 1], state, memory)
                 rows = own[:, t].nonzero().squeeze(1)
                 if rows.numel():
                     inputs[rows, t] = head.predict(vector, weights, memory, rows).argmax(-1)
-        return inputs
+        mixed = gold.clone()
+        mixed[sentences] = inputs
+        return mixed
 
 
 def build_model(

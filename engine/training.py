@@ -344,6 +344,15 @@ class Trainer:
         paths = [p for p in (self.ckpt_dir / f"step-{s}.pt" for s in best) if p.is_file()]
         self.model.load_state_dict(average_checkpoints(paths))
         scores = self.validate()
+        if len(paths) > 1:  # what averaging did, for the tuning tables
+            self._log(
+                {
+                    "event": "averaging",
+                    "steps": best,
+                    "averaged": self._combined(scores),
+                    "best_single": ranked[0]["score"],
+                }
+            )
         if len(paths) > 1 and self._combined(scores) < ranked[0]["score"]:
             tqdm.write(
                 f"averaging {best} scored {self._combined(scores):.2f} < "

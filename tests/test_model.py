@@ -87,3 +87,31 @@ def test_dot_attention_needs_equal_sizes():
         build_attention("dot", query_size=8, key_size=16)
     with pytest.raises(ConfigurationError, match="valid: dot, general, bahdanau"):
         build_attention("cosine", 8, 8)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_scheduled_sampling_at_ratio_zero_feeds_the_models_own_greedy_output(copy):
+    """Every input after BOS is the model's previous prediction: free-running greedy decoding
+    (padding stays padding); at ratio 1 the inputs are the gold ones."""
+    model = tiny(copy=copy)
+    src, src_len = batch(pad_to=5)
+    gold = torch.tensor([[BOS_ID, 5, 6, 7], [BOS_ID, 8, PAD_ID, PAD_ID]])
+    head = model.head("a")
+    memory, state = head.prepare(model.encode(src, src_len))
+    torch.manual_seed(1)
+    mixed = model._scheduled_inputs(head, memory, state, gold, gold_ratio=0.0)
+    logits, _ = decode_steps(model, "a", src, src_len, steps=3)
+    greedy = logits.argmax(-1)
+    assert torch.equal(mixed[0, 1:], greedy[0])
+    assert mixed[1, 1] == greedy[1, 0] and torch.all(mixed[1, 2:] == PAD_ID)
+    assert torch.equal(model._scheduled_inputs(head, memory, state, gold, 1.0), gold)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_training_logits_of_the_kept_positions_are_those_of_the_full_pass(copy):
+    model = tiny(copy=copy)
+    src, src_len = batch(pad_to=6)
+    tgt = torch.tensor([[BOS_ID, 5, 6], [BOS_ID, 7, PAD_ID]])
+    keep = tgt != PAD_ID
+    full = model("a", src, src_len, tgt)
+    assert torch.allclose(model("a", src, src_len, tgt, keep=keep), full[keep], atol=1e-6)
