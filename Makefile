@@ -12,7 +12,7 @@ PROTO := proto/hanseq/v1/hanseq.proto
 GEN := gen/hanseq/v1/hanseq_pb2.py
 GRPC_TOOLS := grpcio-tools==1.85.1
 
-.PHONY: serve test lint system-deps test-system-deps install gen clean
+.PHONY: serve test lint system-deps test-system-deps install gen clean peer-venv
 
 serve: $(STAMP)
 	$(BIN)/hanseq serve
@@ -56,6 +56,15 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py $
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]'
 	$(BIN)/pip install -q -e './clients/python[plot]'
 	touch $(STAMP)
+
+# The peer toolkit of bench/peer.py (OpenNMT-py 3.5.1 needs torch < 2.3): its own venv, apart
+# from the project's dependencies. Not part of `make test`; several GB from PyPI.
+PEER_VENV := bench/peer/.venv
+peer-venv: $(PEER_VENV)/.installed
+$(PEER_VENV)/.installed: bench/peer/requirements.txt | system-deps
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q -r bench/peer/requirements.txt
+	touch $@
 
 # Python stubs (+ .pyi types) from the .proto: built, never committed.
 gen: $(GEN)

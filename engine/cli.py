@@ -54,6 +54,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible output)")
     g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    g.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 output layers (CPU only): faster, scores within noise (bench/README.md)",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -168,6 +173,13 @@ def _pipeline(args: argparse.Namespace):
     from engine.pipeline import Pipeline
 
     bundle = load_bundle(args.model, resolve_device(args.device))
+    if args.int8:
+        from engine.quantize import quantize_generators
+
+        try:
+            quantize_generators(bundle.model)
+        except RuntimeError as e:
+            raise SystemExit(f"hanseq: --int8: {e}") from None
     pipeline = Pipeline.from_bundle(bundle, args.batch_size)
     pipeline.check_task(args.task)
     return bundle, pipeline, _options(args, bundle.manifest.get("max_target_length", 100))

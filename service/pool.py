@@ -67,12 +67,17 @@ class WorkerPool:
             raise errors[0]
         return workers
 
+    def _precision(self, device: str) -> str:
+        if device == "cpu":
+            return "int8" if self.settings.cpu_int8 else "fp32"
+        return "fp16" if self.settings.half_precision else "fp32"
+
     def _new_worker(self, device: str, threads: int, generation: int) -> Worker:
         return Worker(
             device,
             self.settings.models_path(),
             threads if device == "cpu" else 0,
-            self.settings.half_precision,
+            self._precision(device),
             self.settings.max_batch_size,
             generation,
             self._changed,

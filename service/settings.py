@@ -32,6 +32,9 @@ class Settings:
     devices: str = _f("auto", "auto | cpu | cuda:0,cuda:1,... (one worker per entry)")
     cpu_threads: int = _f(0, "torch threads per CPU worker (0 = cores / CPU workers)")
     half_precision: bool = _f(True, "fp16 weights on CUDA workers (never on CPU)")
+    cpu_int8: bool = _f(
+        False, "int8 output layers on CPU workers: faster decoding, scores in bench/README.md"
+    )
     max_batch_size: int = _f(64, "requests decoded together at most")
     max_queue_delay_ms: float = _f(5.0, "longest a request waits for its batch to fill")
     join_delay_ms: float = _f(

@@ -31,13 +31,18 @@ BatchKey = tuple[str, tuple[tuple[str, Any], ...]]
 
 
 def worker_main(
-    conn: Connection, device: str, models: str, threads: int, half: bool, max_tokens: int = 0
+    conn: Connection,
+    device: str,
+    models: str,
+    threads: int,
+    precision: str,
+    max_tokens: int = 0,
 ) -> None:
     """Entry point of a worker process."""
     from service.workers import find_bundles
 
     try:
-        runner = Runner(device, find_bundles(Path(models)), threads, half, conn, max_tokens)
+        runner = Runner(device, find_bundles(Path(models)), threads, precision, conn, max_tokens)
     except Exception as e:  # report why, then exit: the parent decides what to do
         conn.send(("fatal", f"{type(e).__name__}: {e}"))
         return
@@ -85,7 +90,7 @@ class Runner:
         device: str,
         bundles: list[Path],
         threads: int,
-        half: bool,
+        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU output layers)
         conn: Any,
         max_tokens: int = 0,
     ):
@@ -93,6 +98,7 @@ class Runner:
 
         from engine.bundle import load_bundle
         from engine.pipeline import Pipeline
+        from engine.quantize import quantize_generators
         from engine.vocabulary import EOS_ID
 
         if threads > 0:
@@ -103,8 +109,10 @@ class Runner:
         self.bundles: dict[str, Any] = {}
         for path in bundles:
             bundle = load_bundle(path, self.device)
-            if half and self.device.type == "cuda":
+            if precision == "fp16" and self.device.type == "cuda":
                 bundle.model.half()  # search takes log-softmax in fp32
+            if precision == "int8" and self.device.type == "cpu":
+                quantize_generators(bundle.model)
             for task in bundle.tasks:
                 if task in self.pipelines:
                     raise ValueError(

@@ -66,13 +66,14 @@ class Worker:
         device: str,
         models: Path,
         threads: int,
-        half: bool,
+        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU output layers)
         capacity: int,
         generation: int,
         on_change: Callable[[Worker], None] = lambda w: None,
         max_tokens: int = 0,
     ):
-        self.device, self.models, self.threads, self.half = device, models, threads, half
+        self.device, self.models, self.threads = device, models, threads
+        self.precision = precision
         self.max_tokens = max_tokens  # longest input in tokens (0 = the bundle's own cut)
         self.capacity, self.generation, self.on_change = capacity, generation, on_change
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -104,7 +105,14 @@ class Worker:
         parent, child = SPAWN.Pipe()
         self._process = SPAWN.Process(
             target=worker_main,
-            args=(child, self.device, str(self.models), self.threads, self.half, self.max_tokens),
+            args=(
+                child,
+                self.device,
+                str(self.models),
+                self.threads,
+                self.precision,
+                self.max_tokens,
+            ),
             name=f"hanseq-worker-{self.device}",
             daemon=True,
         )

@@ -34,7 +34,7 @@ class Pipe:
 
 @pytest.fixture(scope="module")
 def loaded(service_bundle_path):
-    return Runner("cpu", [service_bundle_path], 1, False, Pipe())
+    return Runner("cpu", [service_bundle_path], 1, "fp32", Pipe())
 
 
 @pytest.fixture()

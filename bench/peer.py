@@ -1,0 +1,305 @@
+"""hanseq against OpenNMT-py on ko->en: same data, tokenization, size and budget; one table.
+
+    make peer-venv                                   # OpenNMT-py 3.5.1 in bench/peer/.venv
+    .venv/bin/python bench/peer.py prepare --config configs/translate-single.yaml
+    .venv/bin/python bench/peer.py train --minutes 30
+    .venv/bin/python bench/peer.py compare --model runs/translate-single/bundle
+
+``prepare`` writes the translate train/valid splits of a hanseq config, tokenized by that
+run's own tokenizers (``<output_dir>/vocab``, written when its training starts), plus the
+vocabularies and an OpenNMT-py config for the same architecture as the hanseq model: biLSTM
+encoder, LSTM decoder with global "general" attention, input feeding, a bridge, tied decoder
+embeddings. ``train`` runs onmt_train under the same wall-clock budget and keeps the last
+checkpoint. ``compare`` decodes the same valid inputs with both (hanseq also with int8 output
+layers), greedy and beam 5, and prints BLEU, chrF, sentences/s, parameter counts and the
+ratios as a Markdown table (issue #6
+targets: hanseq >= OpenNMT-py + 2 BLEU and >= 3x its sentences/s at the same beam).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.bundle import Side, load_bundle  # noqa: E402
+from engine.config import Config, load_config  # noqa: E402
+from engine.data import read_tsv  # noqa: E402
+from engine.metrics import bleu, chrf  # noqa: E402
+from engine.options import SearchOptions  # noqa: E402
+from engine.pipeline import Pipeline  # noqa: E402
+from engine.quantize import quantize_generators  # noqa: E402
+from engine.vocabulary import SPECIALS  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PEER = HERE / "peer" / ".venv" / "bin"
+DEFAULT_WORK = HERE.parent / "runs" / "peer"
+TASK = "translate"
+
+
+def run_dir(cfg: Config) -> Path:
+    out = Path(cfg.training.output_dir)
+    return out if out.is_absolute() else Path(cfg.base_dir) / out
+
+
+def prepare(cfg_path: Path, work: Path) -> None:
+    cfg = load_config(cfg_path)
+    task = cfg.tasks[TASK]
+    vocab_dir = run_dir(cfg) / "vocab"
+    if not (vocab_dir / "done").exists():
+        sys.exit(f"{vocab_dir}: no tokenizers yet; start `hanseq train --config {cfg_path}` first")
+    source = Side.load(vocab_dir, "source", cfg.source)
+    target = Side.load(vocab_dir, f"target.{TASK}", task.target)
+    work.mkdir(parents=True, exist_ok=True)
+    root = cfg.corpora_root()
+    train, _ = read_tsv(root / task.train)
+    weights = task.origin_weights
+    groups: dict[str, list] = {}
+    for ex in train:  # one OpenNMT corpus per sampling weight: it weights corpora, not origins
+        groups.setdefault(_group(ex.origin, weights), []).append(ex)
+    data: dict[str, dict] = {}
+    for name, examples in groups.items():
+        _write_pairs(work / f"train.{name}", examples, source, target, cfg)
+        weight = weights.get(name, 1.0) if name != "rest" else 1.0
+        data[name] = {
+            "path_src": str(work / f"train.{name}.src"),
+            "path_tgt": str(work / f"train.{name}.tgt"),
+            "weight": max(1, round(len(examples) * weight / 1000)),
+        }
+    valid, _ = read_tsv(root / task.valid)
+    _write_pairs(work / "valid", valid, source, target, cfg)
+    (work / "valid.raw").write_text("".join(f"{ex.source}\t{ex.target}\n" for ex in valid))
+    data["valid"] = {"path_src": str(work / "valid.src"), "path_tgt": str(work / "valid.tgt")}
+    _write_vocab(work / "vocab.src", source)
+    _write_vocab(work / "vocab.tgt", target)
+    (work / "onmt.yaml").write_text(yaml.safe_dump(_onmt_config(cfg, work, data), sort_keys=False))
+    print(f"wrote {work}: {len(train)} training pairs in {len(groups)} corpora, {len(valid)} valid")
+
+
+def _group(origin: str, weights: dict[str, float]) -> str:
+    return origin if origin in weights else "rest"
+
+
+def _write_pairs(stem: Path, examples: list, source: Side, target: Side, cfg: Config) -> None:
+    """Pieces joined by spaces; truncated to the hanseq limits (hanseq truncates, never drops)."""
+    with open(f"{stem}.src", "w") as fs, open(f"{stem}.tgt", "w") as ft:
+        for ex in examples:
+            src = source.tokenizer.tokenize(ex.source)[: cfg.data.max_source_length - 1]
+            tgt = target.tokenizer.tokenize(ex.target)[: cfg.data.max_target_length - 1]
+            fs.write(" ".join(src) + "\n")
+            ft.write(" ".join(tgt) + "\n")
+
+
+def _write_vocab(path: Path, side: Side) -> None:
+    """The hanseq vocabulary itself, so both models know exactly the same pieces."""
+    pieces = [t for t in side.vocab.itos if t not in SPECIALS and not any(c.isspace() for c in t)]
+    path.write_text("".join(p + "\n" for p in pieces))
+
+
+def _onmt_config(cfg: Config, work: Path, data: dict) -> dict:
+    m, t = cfg.model, cfg.training
+    return {
+        "save_data": str(work / "onmt"),
+        "src_vocab": str(work / "vocab.src"),
+        "tgt_vocab": str(work / "vocab.tgt"),
+        "src_vocab_size": 100000,
+        "tgt_vocab_size": 100000,
+        "data": data,
+        "save_model": str(work / "model"),
+        "save_checkpoint_steps": t.valid_every,
+        "keep_checkpoint": 2,
+        "valid_steps": t.valid_every,
+        "seed": t.seed,
+        # the hanseq model of the config, as OpenNMT-py spells it
+        "encoder_type": "brnn",
+        "decoder_type": "rnn",
+        "rnn_type": m.rnn.upper(),
+        "layers": m.encoder_layers,
+        "hidden_size": m.hidden_size,
+        "word_vec_size": m.embedding_dim,
+        "global_attention": m.attention if m.attention != "bahdanau" else "mlp",
+        "input_feed": int(m.input_feeding),
+        "bridge": True,
+        "share_decoder_embeddings": m.tie_embeddings,
+        "dropout": [m.dropout],
+        # the same optimisation
+        "optim": "adam",
+        # noam = linear warm-up then inverse square root, hanseq's inverse_sqrt, once its
+        # d_model**-0.5 * warmup**-0.5 peak factor is undone
+        "learning_rate": t.learning_rate * math.sqrt(m.hidden_size * t.warmup_steps),
+        "warmup_steps": t.warmup_steps,
+        "decay_method": "noam",
+        "label_smoothing": t.label_smoothing,
+        "max_grad_norm": t.clip_grad_norm,
+        "batch_type": "sents",
+        "batch_size": t.batch_size,
+        "valid_batch_size": t.batch_size,
+        "train_steps": 1_000_000,  # the wall-clock budget stops it
+        "report_every": 50,
+    }
+
+
+def train(work: Path, minutes: float, threads: int) -> None:
+    """onmt_train until the budget is spent, then SIGTERM; the last checkpoint is the model."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log = (work / "train.log").open("w")
+    command = [str(PEER / "onmt_train"), "-config", str(work / "onmt.yaml")]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        proc.wait(timeout=60 * minutes)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    elapsed = (time.monotonic() - started) / 60
+    latest = last_checkpoint(work)
+    print(f"onmt_train ran {elapsed:.1f} min; last checkpoint: {latest}")
+
+
+def last_checkpoint(work: Path) -> Path:
+    found = sorted(work.glob("model_step_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not found:
+        sys.exit(f"{work}: no OpenNMT-py checkpoint; did `peer.py train` run?")
+    return found[-1]
+
+
+def compare(
+    model: Path, work: Path, limit: int, threads: int, beams: list[int], alpha: float
+) -> None:
+    torch.set_num_threads(threads)
+    bundle = load_bundle(model)
+    pipeline = Pipeline.from_bundle(bundle)
+    quantized = copy.deepcopy(bundle)
+    quantize_generators(quantized.model)
+    systems = {"hanseq": pipeline, "hanseq int8": Pipeline.from_bundle(quantized)}
+    sources = (work / "valid.src").read_text().splitlines()
+    cfg_valid = [line.split("\t") for line in (work / "valid.raw").read_text().splitlines()]
+    n = min(limit or len(sources), len(sources))
+    texts, refs = [s for s, _ in cfg_valid[:n]], [r for _, r in cfg_valid[:n]]
+    (work / "compare.src").write_text("\n".join(sources[:n]) + "\n")
+    checkpoint = last_checkpoint(work)
+    rows = []
+    for beam in beams:
+        opts = SearchOptions(beam_size=beam, max_length=80, length_penalty=alpha)
+        for name, system in systems.items():
+            system.generate(TASK, texts[:64], opts)  # warm up (allocator, Mecab, BPE cache)
+            start = time.perf_counter()
+            ours = [g.text for g in system.generate(TASK, texts, opts)]
+            rows.append((beam, name, ours, time.perf_counter() - start))
+        theirs, theirs_s = _onmt_decode(checkpoint, work, beam, threads, alpha)
+        theirs = [pipeline.targets[TASK].tokenizer.detokenize(t.split()) for t in theirs]
+        rows.append((beam, "OpenNMT-py", theirs, theirs_s))
+    params = {"hanseq": _hanseq_params(bundle), "OpenNMT-py": _onmt_params(checkpoint)}
+    print(_table(rows, refs, params, n, threads, alpha))
+
+
+def _onmt_decode(
+    checkpoint: Path, work: Path, beam: int, threads: int, alpha: float
+) -> tuple[list[str], float]:
+    out = work / f"compare.beam{beam}.out"
+    command = [
+        str(PEER / "python"),
+        str(HERE / "peer" / "onmt_decode.py"),
+        *("-model", str(checkpoint), "-src", str(work / "compare.src"), "-output", str(out)),
+        *("-beam_size", str(beam), "-batch_size", "64", "-max_length", "80"),
+        *("-threads", str(threads)),
+        *(("-length_penalty", "wu", "-alpha", str(alpha)) if alpha else ()),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    return out.read_text().splitlines(), seconds
+
+
+def _hanseq_params(bundle) -> int:
+    """Encoder + the translate head, each tied weight once (what decoding translate uses)."""
+    model = bundle.model
+    seen, total = set(), 0
+    for module in (model.encoder, model.head(TASK)):
+        for p in module.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel()
+    return total
+
+
+def _onmt_params(checkpoint: Path) -> int:
+    command = [
+        str(PEER / "python"),
+        "-c",
+        "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu');"
+        "ts = [v for part in ('model', 'generator') for v in c[part].values()];"
+        "print(sum({t.data_ptr(): t.numel() for t in ts}.values()))",  # tied: counted once
+        str(checkpoint),
+    ]
+    return int(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def _table(rows: list, refs: list[str], params: dict, n: int, threads: int, alpha: float) -> str:
+    lines = [
+        f"ko->en valid, first {n} sentences; batch 64; {threads} thread(s); "
+        f"length penalty {alpha}; parameters: hanseq {params['hanseq']:,}, "
+        f"OpenNMT-py {params['OpenNMT-py']:,}",
+        "",
+        "| beam | system | BLEU | chrF | sentences/s |",
+        "|---|---|---|---|---|",
+    ]
+    scores = {}
+    for beam, system, hyps, seconds in rows:
+        b, c, speed = bleu(hyps, refs), chrf(hyps, refs), n / seconds
+        scores[(beam, system)] = (b, speed)
+        lines.append(f"| {beam} | {system} | {b:.2f} | {c:.2f} | {speed:.1f} |")
+    lines += [
+        "",
+        "| beam | system | BLEU minus OpenNMT-py's | speed / OpenNMT-py's |",
+        "|---|---|---|---|",
+    ]
+    for beam in sorted({r[0] for r in rows}):
+        peer_bleu, peer_speed = scores[(beam, "OpenNMT-py")]
+        for system in ("hanseq", "hanseq int8"):
+            b, speed = scores[(beam, system)]
+            lines.append(
+                f"| {beam} | {system} | {b - peer_bleu:+.2f} | {speed / peer_speed:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="peer files (runs/peer)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="tokenized splits, vocabularies, OpenNMT-py config")
+    p.add_argument("--config", type=Path, required=True, help="the hanseq training config")
+    t = sub.add_parser("train", help="train OpenNMT-py for a wall-clock budget")
+    t.add_argument("--minutes", type=float, required=True)
+    c = sub.add_parser("compare", help="decode the valid split with both; print the table")
+    c.add_argument("--model", type=Path, required=True, help="the hanseq bundle")
+    c.add_argument("--limit", type=int, default=0, help="first N valid sentences (0 = all)")
+    c.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    c.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, both systems")
+    args = parser.parse_args()
+    if not (PEER / "onmt_train").exists():
+        sys.exit(f"{PEER.parent}: no OpenNMT-py venv; run `make peer-venv` first")
+    if args.command == "prepare":
+        prepare(args.config, args.work)
+    elif args.command == "train":
+        train(args.work, args.minutes, args.threads)
+    else:
+        compare(args.model, args.work, args.limit, args.threads, args.beams, args.length_penalty)
+
+
+if __name__ == "__main__":
+    main()
