@@ -18,10 +18,13 @@ distribution under (log-)softmax, so search, sampling and the training loss are 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.vocabulary import EOS_ID, SPECIALS, Vocabulary
+from engine.vocabulary import EOS_ID, PAD_ID, SPECIALS, Vocabulary
 
 NOT_COPYABLE = -1  # in a copy map: this source piece has no target-side twin
 
@@ -42,8 +45,70 @@ def copy_maps(source: Vocabulary, targets: dict[str, Vocabulary]) -> dict[str, T
     return {task: copy_map(source, target) for task, target in targets.items()}
 
 
+@dataclass
+class CopySources:
+    """The copyable pieces of a batch of sources, found once per batch: each row's distinct
+    target ids, and which source positions hold each (so a step sums attention per id)."""
+
+    ids: Tensor  # batch x U: distinct target ids per row; padded with PAD_ID (copies nothing)
+    positions: Tensor  # batch x src_len x U: 1.0 where the position holds that id
+
+    @staticmethod
+    def of(targets: Tensor) -> CopySources:
+        """targets: batch x src_len target ids (NOT_COPYABLE where none)."""
+        batch, length = targets.shape
+        none = targets == NOT_COPYABLE
+        keyed = torch.where(none, torch.iinfo(torch.long).max, targets)
+        ordered, order = keyed.sort(1)
+        starts = torch.ones_like(ordered, dtype=torch.bool)
+        starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        group = starts.long().cumsum(1) - 1  # rank of each sorted position's id in its row
+        width = int(group.max()) + 1 if length else 0
+        ids = targets.new_full((batch, width), PAD_ID)
+        ids.scatter_(1, group, torch.where(ordered == torch.iinfo(torch.long).max, PAD_ID, ordered))
+        slot = torch.empty_like(group).scatter_(1, order, group)  # back in source order
+        positions = torch.zeros(batch, length, width, device=targets.device)
+        positions.scatter_(2, slot.unsqueeze(2), (~none).float().unsqueeze(2))
+        return CopySources(ids, positions)
+
+    def index_select(self, index: Tensor) -> CopySources:
+        return CopySources(self.ids.index_select(0, index), self.positions.index_select(0, index))
+
+    def width(self, width: int) -> CopySources:
+        """Source positions padded (holding nothing) or cut to ``width``."""
+        extra = width - self.positions.size(1)
+        if extra <= 0:
+            return CopySources(self.ids, self.positions[:, :width])
+        return CopySources(self.ids, F.pad(self.positions, (0, 0, 0, extra)))
+
+    @staticmethod
+    def cat(a: CopySources, b: CopySources) -> CopySources:
+        """Rows of ``a`` then of ``b`` (same source width), distinct ids padded to the wider."""
+        u = max(a.ids.size(1), b.ids.size(1))
+
+        def ids(c: CopySources) -> Tensor:
+            return F.pad(c.ids, (0, u - c.ids.size(1)), value=PAD_ID)
+
+        def positions(c: CopySources) -> Tensor:
+            return F.pad(c.positions, (0, u - c.positions.size(2)))
+
+        return CopySources(torch.cat([ids(a), ids(b)]), torch.cat([positions(a), positions(b)]))
+
+    def mass(self, weights: Tensor) -> Tensor:
+        """Attention (batch x src_len, or batch x steps x src_len) -> the attention on each
+        distinct id (batch x U, or batch x steps x U)."""
+        if weights.dim() == 2:
+            return torch.bmm(weights.unsqueeze(1), self.positions.to(weights.dtype)).squeeze(1)
+        return torch.bmm(weights, self.positions.to(weights.dtype))
+
+
 class CopyGate(nn.Module):
-    """g = sigmoid(w . vector + b), then the mixed distribution as log-probabilities."""
+    """g = sigmoid(w . vector + b), then the mixed distribution as log-probabilities.
+
+    Computed as log(g) + log_softmax(logits) everywhere, then corrected at the few columns
+    the source can copy: log(g p + (1 - g) c) = log(g p) + softplus(log((1 - g) c) - log(g p)).
+    Two passes over the vocabulary instead of the eight a dense mixture takes (measured: the
+    dense form made a training step 40% slower)."""
 
     def __init__(self, vector_size: int, mapping: Tensor):
         super().__init__()
@@ -52,19 +117,18 @@ class CopyGate(nn.Module):
         self.register_buffer("mapping", mapping, persistent=False)
         self.mapping: Tensor
 
-    def source_targets(self, src: Tensor) -> Tensor:
-        """batch x src_len source ids -> the target id each position copies (or NOT_COPYABLE)."""
-        return self.mapping[src]
+    def sources(self, src: Tensor) -> CopySources:
+        """batch x src_len source ids -> what those sources can copy."""
+        return CopySources.of(self.mapping[src])
 
-    def forward(self, logits: Tensor, vector: Tensor, weights: Tensor, targets: Tensor) -> Tensor:
-        """logits: batch x V (generator), weights: batch x src_len attention, targets: the
-        source_targets of the same rows -> log-probabilities, batch x V."""
-        g = torch.sigmoid(self.gate(vector))  # batch x 1
-        width = logits.size(1)
-        columns = torch.where(targets == NOT_COPYABLE, width, targets)  # sink: one extra column
-        copied = logits.new_zeros(logits.size(0), width + 1)
-        copied.scatter_add_(1, columns, weights.to(logits.dtype))
-        probs = g * torch.softmax(logits, -1) + (1 - g) * copied[:, :width]
-        # Clamped so that label smoothing (a mean over every column) stays finite; columns
-        # at -inf in the logits (inference padding) are put back to -inf by the caller.
-        return torch.log(probs.clamp_min(1e-12))
+    def forward(self, logits: Tensor, vector: Tensor, mass: Tensor, ids: Tensor) -> Tensor:
+        """logits: rows x V (generator); mass: rows x U attention on each copyable id, ids: the
+        rows' ids (CopySources) -> log-probabilities, rows x V (they sum to less than 1 when
+        attention falls on pieces that cannot be copied: every caller renormalizes)."""
+        gate = self.gate(vector).float()  # rows x 1
+        out = torch.log_softmax(logits.float(), -1) + F.logsigmoid(gate)
+        here = out.gather(1, ids)
+        copied = mass.float() > 0
+        log_mass = torch.log(torch.where(copied, mass.float(), 1.0))  # no log(0) in backward
+        delta = F.softplus(log_mass + F.logsigmoid(-gate) - here)
+        return out.scatter_add(1, ids, torch.where(copied, delta, 0.0))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from engine.attention import build_attention
 from engine.config import ModelConfig
-from engine.copy import NOT_COPYABLE
+from engine.copy import CopySources
 from engine.encoders import EncoderOutput
 from engine.vocabulary import PAD_ID
 
@@ -31,13 +31,13 @@ class Memory:
     keys: Tensor  # batch x src_len x (attention's key size)
     mask: Tensor  # batch x src_len
     summary: Tensor  # batch x enc_size: mean of the source states
-    copy: Tensor | None = None  # batch x src_len target ids to copy (copy heads only)
+    copy: CopySources | None = None  # what the sources can copy (copy heads only)
 
     def index_select(self, index: Tensor) -> Memory:
         def rows(t: Tensor) -> Tensor:
             return t.index_select(0, index)
 
-        copy = None if self.copy is None else rows(self.copy)
+        copy = None if self.copy is None else self.copy.index_select(index)
         return Memory(rows(self.values), rows(self.keys), rows(self.mask), rows(self.summary), copy)
 
     def width(self, width: int) -> Memory:
@@ -51,14 +51,14 @@ class Memory:
                 self.keys[:, :width],
                 self.mask[:, :width],
                 self.summary,
-                None if self.copy is None else self.copy[:, :width],
+                None if self.copy is None else self.copy.width(width),
             )
         return Memory(
             F.pad(self.values, (0, 0, 0, extra)),
             F.pad(self.keys, (0, 0, 0, extra)),
             F.pad(self.mask, (0, extra)),
             self.summary,
-            None if self.copy is None else F.pad(self.copy, (0, extra), value=NOT_COPYABLE),
+            None if self.copy is None else self.copy.width(width),
         )
 
     @staticmethod
@@ -66,7 +66,7 @@ class Memory:
         """Rows of ``a`` then rows of ``b``, padded to the wider of the two."""
         width = max(a.values.size(1), b.values.size(1))
         a, b = a.width(width), b.width(width)
-        copy = None if a.copy is None or b.copy is None else torch.cat([a.copy, b.copy])
+        copy = None if a.copy is None or b.copy is None else CopySources.cat(a.copy, b.copy)
         return Memory(
             torch.cat([a.values, b.values]),
             torch.cat([a.keys, b.keys]),

@@ -34,7 +34,7 @@ class TaskHead(nn.Module):
     def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
         memory, state = self.decoder.prepare(enc)
         if self.copy is not None:
-            memory.copy = self.copy.source_targets(enc.ids)
+            memory.copy = self.copy.sources(enc.ids)
         return memory, state
 
     def step(
@@ -49,10 +49,7 @@ class TaskHead(nn.Module):
         vector, state, weights = self.decoder.step(prev, state, memory)
         if torch.is_grad_enabled():
             return self._copied(self.generator(vector), vector, weights, memory), state, weights
-        logits = self._copied(self._inference_logits(vector), vector, weights, memory)
-        if self.copy is not None:  # the padding columns the copy gate made finite
-            logits[:, self.generator.weight.size(0) :] = float("-inf")
-        return logits, state, weights
+        return self._copied(self._inference_logits(vector), vector, weights, memory), state, weights
 
     def unroll(
         self, inputs: Tensor, state: DecoderState, memory: Memory, keep: Tensor | None = None
@@ -71,8 +68,9 @@ class TaskHead(nn.Module):
         logits = self.generator(vectors[keep])
         if self.copy is not None:
             assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
-            targets = memory.copy.unsqueeze(1).expand(*inputs.shape, -1)
-            logits = self.copy(logits, vectors[keep], weights[keep], targets[keep])
+            ids = memory.copy.ids.unsqueeze(1).expand(*inputs.shape, -1)
+            mass = memory.copy.mass(weights)  # all steps in one product
+            logits = self.copy(logits, vectors[keep], mass[keep], ids[keep])
         return logits.view(shape)
 
     def predict(self, vector: Tensor, weights: Tensor, memory: Memory, rows: Tensor) -> Tensor:
@@ -81,13 +79,14 @@ class TaskHead(nn.Module):
         if self.copy is None:
             return logits
         assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
-        return self.copy(logits, vector[rows], weights[rows], memory.copy[rows])
+        sources = memory.copy.index_select(rows)
+        return self.copy(logits, vector[rows], sources.mass(weights[rows]), sources.ids)
 
     def _copied(self, logits: Tensor, vector: Tensor, weights: Tensor, memory: Memory) -> Tensor:
         if self.copy is None:
             return logits
         assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
-        return self.copy(logits, vector, weights, memory.copy)
+        return self.copy(logits, vector, memory.copy.mass(weights), memory.copy.ids)
 
     def _inference_logits(self, vector: Tensor) -> Tensor:
         """The generator as one addmm on a transposed weight padded to a multiple of 16

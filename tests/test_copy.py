@@ -10,7 +10,7 @@ import torch
 
 from engine.bundle import load_bundle
 from engine.config import ModelConfig
-from engine.copy import NOT_COPYABLE, copy_map
+from engine.copy import NOT_COPYABLE, CopySources, copy_map
 from engine.heads import build_model
 from engine.pipeline import Pipeline
 from engine.search import SearchOptions, search
@@ -120,3 +120,22 @@ def test_copy_learns_rare_names_that_the_generator_cannot(tmp_path):
         exact[copy] = sum(o.text == t for o, (_, t, _) in zip(outputs, pairs, strict=True)) / 200
     assert exact[True] >= 0.9, exact
     assert exact[False] <= 0.5, exact
+
+
+def masses_of(sources: CopySources, weights: torch.Tensor, row: int) -> dict[int, float]:
+    """{target id: attention on it} of one row, ids with no mass left out."""
+    pairs = zip(sources.ids[row].tolist(), sources.mass(weights)[row].tolist(), strict=True)
+    return {i: m for i, m in pairs if m}
+
+
+def test_copy_sources_sum_attention_per_distinct_piece_and_survive_cat_and_width():
+    a = CopySources.of(torch.tensor([[10, NOT_COPYABLE, 10, 11]]))
+    b = CopySources.of(torch.tensor([[12, 13, 14, NOT_COPYABLE], [NOT_COPYABLE] * 4]))
+    weights = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    assert masses_of(a, weights, 0) == pytest.approx({10: 0.4, 11: 0.4})
+    both = CopySources.cat(a.width(6), b.width(6))
+    wide = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0, 0.0]] * 3)
+    assert masses_of(both, wide, 0) == pytest.approx(masses_of(a, weights, 0))
+    assert masses_of(both, wide, 1) == pytest.approx(masses_of(b, weights.expand(2, 4), 0))
+    masses = both.mass(wide)
+    assert float(masses[2].sum()) == 0.0  # nothing copyable: no mass anywhere
