@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.bundle import Side, load_bundle  # noqa: E402
 from engine.config import Config, load_config  # noqa: E402
+from engine.copy import copy_maps  # noqa: E402
 from engine.data import read_tsv  # noqa: E402
+from engine.heads import build_model  # noqa: E402
 from engine.metrics import bleu, chrf  # noqa: E402
 from engine.options import SearchOptions  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
@@ -205,6 +207,63 @@ def compare(
     print(_table(rows, refs, params, n, threads, alpha))
 
 
+def step_cost(model: Path, work: Path, src_len: int, tgt_len: int) -> None:
+    """ms per training step of both toolkits on random batches of one shape (64 sentences):
+    what a step costs apart from what each data pipeline puts in its batches."""
+    torch.set_num_threads(1)
+    bundle = load_bundle(model)
+    rows = []
+    for copy_heads in (True, False):
+        cfg = copy.deepcopy(bundle.model_cfg)
+        cfg.copy = copy_heads
+        source, target = bundle.source.vocab, bundle.targets[TASK].vocab
+        net = build_model(cfg, len(source), {TASK: len(target)}, copy_maps(source, {TASK: target}))
+        rows.append(
+            (f"hanseq{' copy heads' if copy_heads else ''}", _hanseq_step(net, src_len, tgt_len))
+        )
+    command = [
+        str(PEER / "python"),
+        str(HERE / "peer" / "onmt_step.py"),
+        str(last_checkpoint(work)),
+    ]
+    done = subprocess.run(
+        [*command, str(src_len), str(tgt_len)], capture_output=True, text=True, check=True
+    )
+    rows.append(("OpenNMT-py", json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"]))
+    print(
+        f"training step, 64 x {src_len} source x {tgt_len} target pieces, one thread, "
+        "teacher forcing\n"
+    )
+    print("| system | ms/step |\n|---|---|")
+    print("\n".join(f"| {name} | {ms:.0f} |" for name, ms in rows))
+
+
+def _hanseq_step(net, src_len: int, tgt_len: int, steps: int = 20) -> float:
+    net.train()
+    torch.manual_seed(0)
+    src = torch.randint(10, 8000, (64, src_len))
+    lengths = torch.full((64,), src_len)
+    tgt = torch.randint(10, 8000, (64, tgt_len))
+    keep = torch.ones(64, tgt_len, dtype=torch.bool)
+    gold = torch.randint(10, 8000, (64 * tgt_len,))
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step() -> None:
+        logits = net(TASK, src, lengths, tgt, 1.0, keep)
+        loss = torch.nn.functional.cross_entropy(logits, gold, label_smoothing=0.1)
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optim.step()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps * 1000
+
+
 def _onmt_decode(
     checkpoint: Path, work: Path, beam: int, threads: int, alpha: float
 ) -> tuple[list[str], float]:
@@ -290,11 +349,17 @@ def main() -> None:
     c.add_argument("--limit", type=int, default=0, help="first N valid sentences (0 = all)")
     c.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     c.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, both systems")
+    s = sub.add_parser("step-cost", help="ms per training step of both on equal batches")
+    s.add_argument("--model", type=Path, required=True, help="a hanseq bundle (its sizes)")
+    s.add_argument("--src-len", type=int, default=13)
+    s.add_argument("--tgt-len", type=int, default=12)
     args = parser.parse_args()
     if not (PEER / "onmt_train").exists():
         sys.exit(f"{PEER.parent}: no OpenNMT-py venv; run `make peer-venv` first")
     if args.command == "prepare":
         prepare(args.config, args.work)
+    elif args.command == "step-cost":
+        step_cost(args.model, args.work, args.src_len, args.tgt_len)
     elif args.command == "train":
         train(args.work, args.minutes, args.threads)
     else:
