@@ -70,9 +70,11 @@ def train(config: Path, out: Path) -> None:
         )
 
 
-def evaluate(bundle: Path, task: str, valid: Path, beam: int = 1, alpha: float = 0.0) -> dict:
+def evaluate(
+    bundle: Path, task: str, valid: Path, beam: int = 1, alpha: float = 0.0, limit: int = 0
+) -> dict:
     command = [str(HANSEQ), "eval", "--model", str(bundle), "--task", task, "--data", str(valid)]
-    command += ["--beam", str(beam), "--length-penalty", str(alpha)]
+    command += ["--beam", str(beam), "--length-penalty", str(alpha), "--max-examples", str(limit)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout)
@@ -144,14 +146,15 @@ def table(task: str, rows: list, args: argparse.Namespace) -> str:
 def decoding(args: argparse.Namespace) -> None:
     task, valid = args.task, args.data
     lines = [
-        f"`{args.decoding}`, {task}, `{valid.name}`",
+        f"`{args.decoding}`, {task}, `{valid.parent.name}/{valid.name}`"
+        + (f", first {args.max_examples}" if args.max_examples else ""),
         "",
         "| beam | length penalty | scores | sentences/s |",
         "|---|---|---|---|",
     ]
     for beam in args.beams:
         for alpha in args.alphas if beam > 1 else [0.0]:
-            s = evaluate(args.decoding, task, valid, beam, alpha)
+            s = evaluate(args.decoding, task, valid, beam, alpha, args.max_examples)
             shown = ", ".join(
                 f"{k} {v:.2f}" for k, v in s.items() if k in ("bleu", "chrf", "rouge_l", "rouge_2")
             )
@@ -171,6 +174,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="with --decoding: a valid TSV")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.6, 1.0])
+    parser.add_argument("--max-examples", type=int, default=0, help="with --decoding: first N")
     args = parser.parse_args()
     if args.decoding:
         if not (args.task and args.data):
