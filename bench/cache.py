@@ -1,6 +1,6 @@
 """Cache-hit latency through gRPC on loopback, beside the miss latency, in one run.
 
-    .venv/bin/python bench/cache.py --model models/hanseq-multitask-small \
+    .venv/bin/python bench/cache.py --model models/hanseq-multitask \
         --data ../shared/corpora/translate-koen/valid.tsv
 
 Starts a redis-server and `hanseq serve` twice on free ports: one with the in-process layer

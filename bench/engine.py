@@ -1,6 +1,6 @@
 """Engine throughput on the CPU: tokenization, and generation at several batch sizes.
 
-    .venv/bin/python bench/engine.py --model runs/multitask-small/bundle --task translate \
+    .venv/bin/python bench/engine.py --model runs/multitask/bundle --task translate \
         --data ../shared/corpora/translate-koen/valid.tsv
 
 Prints a Markdown table (medians of --repeats runs) for bench/README.md. Targets (issue #2):

@@ -1,7 +1,7 @@
 """Serving throughput and latency: dynamic batching against max_batch_size=1, and against the
 offline engine at the same batch size, in one run.
 
-    .venv/bin/python bench/serve.py --model models/hanseq-multitask-small --task translate \
+    .venv/bin/python bench/serve.py --model models/hanseq-multitask --task translate \
         --data ../shared/corpora/translate-koen/valid.tsv
 
 Starts `hanseq serve` itself (a real process on a free port) once per configuration, drives it

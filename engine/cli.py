@@ -1,6 +1,6 @@
 """``hanseq train | generate | eval`` (``hanseq serve`` is added by service.cli).
 
-    hanseq train --config configs/multitask-small.yaml
+    hanseq train --config configs/multitask.yaml
     hanseq generate --model runs/small/bundle --task translate --beam 5 < in.txt > out.txt
     hanseq eval --model runs/small/bundle --task translate --data valid.tsv
 

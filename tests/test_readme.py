@@ -28,7 +28,7 @@ def commands() -> list[str]:
 
 
 def on_toy(text: str, bundle: Path, corpus: Path) -> str:
-    text = text.replace("runs/multitask-small/bundle", str(bundle))
+    text = text.replace("runs/multitask/bundle", str(bundle))
     text = re.sub(r"--task \w+", "--task reverse", text)
     text = re.sub(r'generate\("translate"', 'generate("reverse"', text)
     return re.sub(r"\.\./shared/corpora/\S+\.tsv", str(corpus / "valid.tsv"), text)
@@ -40,7 +40,7 @@ def test_readme_names_the_two_set_up_commands():
 
 @pytest.mark.parametrize("command", commands())
 def test_shell_example_runs(command, toy_bundle_path, toy_corpus, tmp_path):
-    command = command.replace("/tmp/hanseq-small-fp16", str(tmp_path / "exported"))
+    command = command.replace("/tmp/hanseq-fp16", str(tmp_path / "exported"))
     run = subprocess.run(
         ["bash", "-c", "set -o pipefail; " + on_toy(command, toy_bundle_path, toy_corpus)],
         capture_output=True,
