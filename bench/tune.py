@@ -99,7 +99,8 @@ def task_of(config: Path) -> tuple[str, Path]:
 
 def tune(args: argparse.Namespace) -> None:
     variants: dict[str, dict] = yaml.safe_load(args.variants.read_text())
-    runs = {name: (args.work / slug(name), overrides or {}) for name, overrides in variants.items()}
+    work = args.work.resolve()  # a relative output_dir would be read from the variant's folder
+    runs = {name: (work / slug(name), overrides or {}) for name, overrides in variants.items()}
     configs = {
         name: variant_config(args.config, overrides, out, args.minutes)
         for name, (out, overrides) in runs.items()
