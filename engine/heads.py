@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import ConfigurationError, ModelConfig
-from engine.copy import CopyGate
+from engine.copy import CopyGate, CopySources
 from engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from engine.encoders import Encoder, EncoderOutput, build_encoder
 from engine.quantize import Int8Linear
@@ -48,8 +48,10 @@ class TaskHead(nn.Module):
         add nothing to a softmax."""
         vector, state, weights = self.decoder.step(prev, state, memory)
         if torch.is_grad_enabled():
-            return self._copied(self.generator(vector), vector, weights, memory), state, weights
-        return self._copied(self._inference_logits(vector), vector, weights, memory), state, weights
+            logits = self.generator(vector)
+        else:
+            logits = self._inference_logits(vector)
+        return self._copied(logits, vector, weights, memory.copy), state, weights
 
     def unroll(
         self, inputs: Tensor, state: DecoderState, memory: Memory, keep: Tensor | None = None
@@ -75,18 +77,17 @@ class TaskHead(nn.Module):
 
     def predict(self, vector: Tensor, weights: Tensor, memory: Memory, rows: Tensor) -> Tensor:
         """Logits (or a copy head's log-probabilities) of these ``rows`` of a step only."""
-        logits = self.generator(vector[rows])
-        if self.copy is None:
-            return logits
-        assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
-        sources = memory.copy.index_select(rows)
-        return self.copy(logits, vector[rows], sources.mass(weights[rows]), sources.ids)
+        sources = None if memory.copy is None else memory.copy.index_select(rows)
+        return self._copied(self.generator(vector[rows]), vector[rows], weights[rows], sources)
 
-    def _copied(self, logits: Tensor, vector: Tensor, weights: Tensor, memory: Memory) -> Tensor:
+    def _copied(
+        self, logits: Tensor, vector: Tensor, weights: Tensor, sources: CopySources | None
+    ) -> Tensor:
+        """A copy head's log-probabilities from the generator's logits; a plain head's logits."""
         if self.copy is None:
             return logits
-        assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
-        return self.copy(logits, vector, memory.copy.mass(weights), memory.copy.ids)
+        assert sources is not None, "a copy head's memory comes from its own prepare()"
+        return self.copy(logits, vector, sources.mass(weights), sources.ids)
 
     def _inference_logits(self, vector: Tensor) -> Tensor:
         """The generator as one addmm on a transposed weight padded to a multiple of 16

@@ -50,9 +50,7 @@ class Int8Linear:
 
 
 def available() -> bool:
-    return torch.backends.quantized.engine in ("fbgemm", "x86") or "fbgemm" in (
-        torch.backends.quantized.supported_engines
-    )
+    return "fbgemm" in torch.backends.quantized.supported_engines
 
 
 def quantize_generators(model: nn.Module) -> int:
