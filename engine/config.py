@@ -61,6 +61,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # generator weights = target embeddings
     copy: bool = False  # pointer-generator heads: copy source pieces the target vocab shares
     dropout: float = 0.2
+    init_scale: float = 0.1  # every weight ~ U(-s, s) (Sutskever et al., 2014); 0 = PyTorch's
 
 
 @dataclass

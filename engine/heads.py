@@ -197,4 +197,20 @@ def build_model(
         maps.update(copy_maps)
     encoder = build_encoder(cfg, src_vocab)
     heads = {t: TaskHead(cfg, v, encoder.output_size, maps[t]) for t, v in tgt_vocabs.items()}
-    return Seq2Seq(encoder, heads)
+    model = Seq2Seq(encoder, heads)
+    if cfg.init_scale > 0:
+        initialize(model, cfg.init_scale)
+    return model
+
+
+def initialize(model: nn.Module, scale: float) -> None:
+    """Every parameter ~ U(-scale, scale), padding embeddings zero: the classic recurrent
+    seq2seq initialisation (OpenNMT-py's default too). PyTorch's own draws embeddings from
+    N(0, 1), which starts a tied generator off uniform (initial loss 9.7 nats against ln V =
+    9.0 at 8,000 pieces)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.uniform_(-scale, scale)
+        for module in model.modules():
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
