@@ -274,7 +274,12 @@ def _onmt_decode(
         *("-model", str(checkpoint), "-src", str(work / "compare.src"), "-output", str(out)),
         *("-beam_size", str(beam), "-batch_size", "64", "-max_length", "80"),
         *("-threads", str(threads)),
-        *(("-length_penalty", "wu", "-alpha", str(alpha)) if alpha else ()),
+        # Its default is "avg" (score / length), not none: name the same penalty as hanseq's.
+        *(
+            ("-length_penalty", "wu", "-alpha", str(alpha))
+            if alpha
+            else ("-length_penalty", "none")
+        ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)

@@ -172,11 +172,13 @@ class Trainer:
             dynamic_ncols=True,
         )
         tokens, window = 0, time.monotonic()
+        loss_sum, loss_tokens = 0.0, 0  # since the last validation: one batch's loss is noise
         stop = False
         while self.step < self.t.max_steps and not stop:
             loss, n_tokens = self._train_step()
             self.step += 1
             tokens += n_tokens
+            loss_sum, loss_tokens = loss_sum + loss * n_tokens, loss_tokens + n_tokens
             bar.update(1)
             if self.step % 10 == 0:
                 rate = tokens / max(time.monotonic() - window, 1e-9)
@@ -186,7 +188,8 @@ class Trainer:
                 self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
             )
             if self.step % self.t.valid_every == 0 or self.step == self.t.max_steps or out_of_time:
-                stop = self._validate_and_checkpoint(loss) or out_of_time
+                stop = self._validate_and_checkpoint(loss_sum / max(loss_tokens, 1)) or out_of_time
+                loss_sum, loss_tokens = 0.0, 0
                 stop = dist_utils.broadcast_flag(self.ctx, stop)
         bar.close()
         dist_utils.barrier(self.ctx)
