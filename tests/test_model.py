@@ -77,6 +77,21 @@ def test_training_forward_shapes_and_heads_share_the_encoder():
     assert model.heads["a"].generator.weight is model.heads["a"].decoder.embed.weight
 
 
+@pytest.mark.parametrize("scale", [0.1, 0.05])
+def test_init_scale_bounds_every_weight_and_zeroes_padding(scale):
+    model = tiny(init_scale=scale)
+    for name, param in model.named_parameters():
+        assert param.abs().max() <= scale, name
+        assert param.abs().max() > scale / 2, name  # drawn, not left at a default
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert embeddings and all(not e.weight[PAD_ID].any() for e in embeddings)
+
+
+def test_init_scale_zero_keeps_pytorchs_defaults():
+    embed = tiny(init_scale=0.0).encoder.embed.weight
+    assert embed.abs().max() > 1.0  # N(0, 1), not U(-0.1, 0.1)
+
+
 def test_unknown_head_lists_the_known_ones():
     with pytest.raises(KeyError, match="a, b"):
         tiny().head("summarize")
