@@ -97,9 +97,7 @@ class RunningBatch:
         """
         assert self._memory is not None and self._state is not None, "join() before step()"
         logits, self._state, attn = self.head.step(self._prev, self._state, self._memory)
-        logp = constrain(
-            torch.log_softmax(logits.float(), -1), self._history, self._steps, self.opts
-        )
+        logp = constrain(self.head.log_probs(logits), self._history, self._steps, self.opts)
         if self.opts.sampling:
             token = sample(logits, logp, self.opts, self._generators)
         else:

@@ -53,6 +53,11 @@ class TaskHead(nn.Module):
             logits = self._inference_logits(vector)
         return self._copied(logits, vector, weights, memory.copy), state, weights
 
+    def log_probs(self, out: Tensor) -> Tensor:
+        """step()'s output as log-probabilities: a copy head's already are (one pass over the
+        vocabulary saved per step, ~4% of greedy decoding)."""
+        return out.float() if self.copy is not None else torch.log_softmax(out.float(), -1)
+
     def unroll(
         self, inputs: Tensor, state: DecoderState, memory: Memory, keep: Tensor | None = None
     ) -> Tensor:

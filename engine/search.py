@@ -106,7 +106,7 @@ def _beam(
         live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
         steps = torch.full((live * k,), step, device=device)
-        logp = constrain(torch.log_softmax(logits.float(), -1), beams.history, steps, opts)
+        logp = constrain(head.log_probs(logits), beams.history, steps, opts)
         vocab = logp.size(-1)
         cand = (beams.scores.unsqueeze(1) + logp).view(live, k * vocab)
         top_scores, top_index = cand.topk(2 * k, dim=1)  # live x 2k
