@@ -60,3 +60,36 @@ def test_mistakes_name_the_key(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigurationError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _repo_configs():
+    from tests.conftest import REPO
+
+    configs = REPO / "configs"
+    variants = sorted((configs / "tuning").glob("*.yaml"))
+    full = sorted(configs.glob("*.yaml")) + [v for v in variants if "name:" in v.read_text()]
+    return configs, full, [v for v in variants if v not in full]
+
+
+@pytest.mark.parametrize("path", _repo_configs()[1], ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """A config in the repository whose keys went stale would fail only when someone trains."""
+    cfg = load_config(path)
+    assert cfg.tasks and cfg.training.max_minutes > 0
+
+
+@pytest.mark.parametrize("path", _repo_configs()[2], ids=lambda p: p.name)
+def test_every_tuning_variant_applies_to_its_base(path, tmp_path):
+    import importlib.util
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tune", REPO / "bench" / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    base = REPO / "configs" / f"{path.stem}-single.yaml"  # tuning/T.yaml varies T-single.yaml
+    for name, overrides in yaml.safe_load(path.read_text()).items():
+        out = tmp_path / tune.slug(name)
+        assert load_config(tune.variant_config(base, overrides or {}, out, 1.0)).tasks, name
