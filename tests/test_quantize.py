@@ -34,7 +34,9 @@ def test_int8_logits_stay_close_and_decode_the_same_text(toy_bundle):
             logits, _, _ = head.step(torch.full((len(INPUTS),), BOS_ID), state, memory)
             outputs.append(logits[:, : head.generator.weight.size(0)])
     spread = outputs[0].max() - outputs[0].min()
-    assert (outputs[0] - outputs[1]).abs().max() < 0.05 * spread  # 8-bit weights: ~1/256
+    # fbgemm quantizes weights and activations per tensor: the largest logit error measured
+    # on this toy model is 4% of the logits' spread (PyTorch's init) to 6% (U(-0.1, 0.1)).
+    assert (outputs[0] - outputs[1]).abs().max() < 0.08 * spread
     assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
     for opts in (SearchOptions(), SearchOptions(beam_size=4)):
         a = [g.text for g in fp32.generate("reverse", INPUTS, opts)]
