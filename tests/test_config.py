@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
+import yaml
 
 from engine.config import ConfigurationError, load_config
+from tests.conftest import REPO
 
 GOOD = """
 name: t
@@ -62,34 +66,28 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def _repo_configs():
-    from tests.conftest import REPO
-
-    configs = REPO / "configs"
-    variants = sorted((configs / "tuning").glob("*.yaml"))
-    full = sorted(configs.glob("*.yaml")) + [v for v in variants if "name:" in v.read_text()]
-    return configs, full, [v for v in variants if v not in full]
+CONFIGS = REPO / "configs"
+VARIANT_FILES = sorted((CONFIGS / "tuning").glob("*.yaml"))  # tuning/T.yaml varies T-single.yaml
+FULL_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + [
+    v for v in VARIANT_FILES if "name:" in v.read_text()
+]
 
 
-@pytest.mark.parametrize("path", _repo_configs()[1], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", FULL_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     """A config in the repository whose keys went stale would fail only when someone trains."""
     cfg = load_config(path)
     assert cfg.tasks and cfg.training.max_minutes > 0
 
 
-@pytest.mark.parametrize("path", _repo_configs()[2], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [v for v in VARIANT_FILES if v not in FULL_CONFIGS], ids=lambda p: p.name
+)
 def test_every_tuning_variant_applies_to_its_base(path, tmp_path):
-    import importlib.util
-
-    import yaml
-
-    from tests.conftest import REPO
-
     spec = importlib.util.spec_from_file_location("tune", REPO / "bench" / "tune.py")
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
-    base = REPO / "configs" / f"{path.stem}-single.yaml"  # tuning/T.yaml varies T-single.yaml
+    base = CONFIGS / f"{path.stem}-single.yaml"
     for name, overrides in yaml.safe_load(path.read_text()).items():
         out = tmp_path / tune.slug(name)
         assert load_config(tune.variant_config(base, overrides or {}, out, 1.0)).tasks, name
