@@ -1,8 +1,8 @@
 """``hanseq train | generate | eval`` (``hanseq serve`` is added by service.cli).
 
     hanseq train --config configs/multitask.yaml
-    hanseq generate --model runs/small/bundle --task translate --beam 5 < in.txt > out.txt
-    hanseq eval --model runs/small/bundle --task translate --data valid.tsv
+    hanseq generate --model runs/multitask/bundle --task translate --beam 5 < in.txt > out.txt
+    hanseq eval --model runs/multitask/bundle --task translate --data valid.tsv
 
 Errors a user can fix (bad config, missing file, damaged bundle, unknown task) print one line
 and exit with status 2; nothing prints a traceback for them.

@@ -2,9 +2,10 @@
 
 The projection onto the target vocabulary is most of a decoder step's arithmetic (8,000
 outputs against a few hundred for the recurrent cell). fbgemm's int8-weight, fp32-activation
-matrix product makes whole decoding 1.09x (greedy) and 1.33x (beam 5) faster at batch 64 on
-this project's CPU, for the same BLEU within 0.1 (bench/README.md, "The peer"; bench/peer.py
-reports the scores of both paths, `bench/engine.py --int8` the speed at each batch size).
+matrix product makes whole decoding 1.19x (greedy) and 1.27x (beam 5) faster at batch 64 on
+this project's CPU, for the same BLEU within 0.05 (bench/README.md, "The peer", second run;
+bench/peer.py reports the scores of both paths, `bench/engine.py --int8` the speed at each
+batch size).
 
 torch 2.13 marks these fbgemm functions deprecated, with a one-time warning per process: it
 is taken once here, silenced, so that it never lands in a caller's log (torch is pinned).
