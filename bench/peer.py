@@ -11,8 +11,8 @@ vocabularies and an OpenNMT-py config for the same architecture as the hanseq mo
 encoder, LSTM decoder with global "general" attention, input feeding, a bridge, tied decoder
 embeddings. ``train`` runs onmt_train under the same wall-clock budget and keeps the last
 checkpoint. ``compare`` decodes the same valid inputs with both (hanseq also with int8 output
-layers), greedy and beam 5, and prints BLEU, chrF, sentences/s, parameter counts and the
-ratios as a Markdown table (issue #6
+layers, and with the bundle's vocabulary shortlist when it has one), greedy and beam 5, and
+prints BLEU, chrF, sentences/s, parameter counts and the ratios as a Markdown table (issue #6
 targets: hanseq >= OpenNMT-py + 2 BLEU and >= 3x its sentences/s at the same beam).
 """
 
@@ -181,11 +181,14 @@ def compare(
     model: Path, work: Path, limit: int, threads: int, beams: list[int], alpha: float
 ) -> None:
     torch.set_num_threads(threads)
-    bundle = load_bundle(model)
+    bundle = load_bundle(model, shortlist=False)
     pipeline = Pipeline.from_bundle(bundle)
     quantized = copy.deepcopy(bundle)
     quantize_generators(quantized.model)
     systems = {"hanseq": pipeline, "hanseq int8": Pipeline.from_bundle(quantized)}
+    shortlisted = load_bundle(model)
+    if shortlisted.model.head(TASK).lexicon is not None:
+        systems["hanseq shortlist"] = Pipeline.from_bundle(shortlisted)
     sources = (work / "valid.src").read_text().splitlines()
     cfg_valid = [line.split("\t") for line in (work / "valid.raw").read_text().splitlines()]
     n = min(limit or len(sources), len(sources))
@@ -332,7 +335,7 @@ def _table(rows: list, refs: list[str], params: dict, n: int, threads: int, alph
     ]
     for beam in sorted({r[0] for r in rows}):
         peer_bleu, peer_speed = scores[(beam, "OpenNMT-py")]
-        for system in ("hanseq", "hanseq int8"):
+        for system in sorted({r[1] for r in rows if r[1] != "OpenNMT-py"}):
             b, speed = scores[(beam, system)]
             lines.append(
                 f"| {beam} | {system} | {b - peer_bleu:+.2f} | {speed / peer_speed:.2f}x |"

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from engine.config import ModelConfig, TokenizerConfig, from_dict
 from engine.copy import copy_maps
 from engine.heads import Seq2Seq, build_model
+from engine.shortlist import LexicalTable
 from engine.tokenizers import Tokenizer, build_tokenizer
 from engine.vocabulary import Vocabulary
 
@@ -81,10 +82,12 @@ def save_bundle(
     targets: dict[str, Side],
     info: dict[str, Any],
     dtype: torch.dtype = torch.float32,
+    lexicons: dict[str, LexicalTable] | None = None,
 ) -> Path:
     """Write a bundle; ``info`` (id, version, data fingerprint, scores, ...) goes in the manifest.
 
     ``dtype=torch.float16`` halves the size on disk; loading always returns float32 weights.
+    ``lexicons``: a task's vocabulary-shortlist table (engine/shortlist.py), saved with it.
     """
     directory.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, **info}
@@ -94,6 +97,11 @@ def save_bundle(
         task: {**info.get("tasks", {}).get(task, {}), **side.save(directory, f"target.{task}")}
         for task, side in targets.items()
     }
+    for task, lexicon in (lexicons or {}).items():
+        name = f"shortlist.{task}.safetensors"
+        lexicon.save(directory / name)
+        manifest["tasks"][task]["shortlist"] = name
+        manifest["tasks"][task]["files"].append(name)
     save_file(_unique_tensors(model, dtype), str(directory / WEIGHTS))
     names = [WEIGHTS, *manifest["source"]["files"]]
     names += [f for t in manifest["tasks"].values() for f in t["files"]]
@@ -114,7 +122,11 @@ def _unique_tensors(model: Seq2Seq, dtype: torch.dtype) -> dict[str, torch.Tenso
     return out
 
 
-def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bundle:
+def load_bundle(
+    directory: str | Path, device: str | torch.device = "cpu", shortlist: bool = True
+) -> Bundle:
+    """``shortlist=False`` leaves a bundle's shortlist tables unused: greedy and beam search
+    then compute every column of the target vocabulary."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
@@ -135,6 +147,13 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
     )
     _load_weights(model, directory / WEIGHTS)
     model.to(device).eval()
+    for task, entry in manifest["tasks"].items():
+        if shortlist and entry.get("shortlist"):
+            path = directory / entry["shortlist"]
+            try:
+                model.head(task).lexicon = LexicalTable.load(path).to(torch.device(device))
+            except Exception as e:  # safetensors raises its own error types
+                raise BundleError(f"{path}: cannot read the shortlist table: {e}") from None
     return Bundle(directory, manifest, model, model_cfg, source, targets)
 
 

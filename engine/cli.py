@@ -57,7 +57,14 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--int8",
         action="store_true",
-        help="int8 output layers (CPU only): faster, scores within noise (bench/README.md)",
+        help="int8 output layers (CPU only): faster, scores within noise (bench/README.md); "
+        "used where no shortlist is",
+    )
+    g.add_argument(
+        "--no-shortlist",
+        action="store_true",
+        help="greedy and beam search over the whole target vocabulary, not the bundle's "
+        "per-batch shortlist (slower; the scores of bench/README.md)",
     )
 
 
@@ -100,6 +107,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="bundle directory to read (verified)")
     p.add_argument("--output", required=True, help="bundle directory to write")
     p.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
+    short = p.add_mutually_exclusive_group()
+    short.add_argument(
+        "--shortlist",
+        metavar="CONFIG",
+        help="(re)build the vocabulary-shortlist tables from the train splits this training "
+        "config names (default: keep the bundle's own, if any)",
+    )
+    short.add_argument("--no-shortlist", action="store_true", help="leave the shortlist tables out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +187,7 @@ def _pipeline(args: argparse.Namespace):
     from engine.distributed import resolve_device
     from engine.pipeline import Pipeline
 
-    bundle = load_bundle(args.model, resolve_device(args.device))
+    bundle = load_bundle(args.model, resolve_device(args.device), not args.no_shortlist)
     if args.int8:
         from engine.quantize import quantize_generators
 
@@ -257,6 +272,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(args.model)
+    lexicons = {t: bundle.model.head(t).lexicon for t in bundle.tasks}
+    lexicons = {t: lex for t, lex in lexicons.items() if lex is not None}
+    if args.shortlist:
+        from engine.config import load_config
+        from engine.training import lexicons_for
+
+        lexicons = lexicons_for(load_config(args.shortlist), bundle.source, bundle.targets)
+    if args.no_shortlist:
+        lexicons = {}
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         print(f"hanseq export: error: {output} exists and is not empty", file=sys.stderr)
@@ -267,14 +291,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         if k not in ("format_version", "model", "source", "sha256")
     }
     info["tasks"] = {
-        t: {k: v for k, v in e.items() if k not in ("tokenizer", "files")}
+        t: {k: v for k, v in e.items() if k not in ("tokenizer", "files", "shortlist")}
         for t, e in bundle.manifest["tasks"].items()
     }
     dtype = torch.float16 if args.fp16 else torch.float32
-    save_bundle(output, bundle.model, bundle.model_cfg, bundle.source, bundle.targets, info, dtype)
+    save_bundle(
+        output, bundle.model, bundle.model_cfg, bundle.source, bundle.targets, info, dtype, lexicons
+    )
     load_bundle(output)  # what we wrote must load
     size = (output / "weights.safetensors").stat().st_size / 2**20
-    print(f"wrote {output} ({size:.1f} MB of weights, {str(dtype).split('.')[-1]})")
+    tables = f", shortlist tables for {', '.join(lexicons)}" if lexicons else ""
+    print(f"wrote {output} ({size:.1f} MB of weights, {str(dtype).split('.')[-1]}{tables})")
     return 0
 
 

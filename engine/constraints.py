@@ -11,21 +11,29 @@ import torch
 from torch import Tensor
 
 from engine.options import SearchOptions
+from engine.shortlist import RowShortlist
 from engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 NEG_INF = float("-inf")
 
 
-def constrain(logp: Tensor, history: Tensor, steps: Tensor, opts: SearchOptions) -> Tensor:
+def constrain(
+    logp: Tensor,
+    history: Tensor,
+    steps: Tensor,
+    opts: SearchOptions,
+    shortlist: RowShortlist | None = None,
+) -> Tensor:
     """Apply min/max length and n-gram blocking to rows x vocab log-probs, in place.
 
     ``steps``: tokens each row has produced so far; ``history``: those tokens, right-aligned
     (rows that have fewer are PAD on the left, which no n-gram of real tokens matches).
+    With a ``shortlist`` the columns are its columns; the specials keep theirs (its first).
     """
     if opts.min_length:
         logp[steps < opts.min_length, EOS_ID] = NEG_INF
     if opts.no_repeat_ngram and history.size(1) >= opts.no_repeat_ngram:
-        ban_repeats(logp, history, opts.no_repeat_ngram)
+        ban_repeats(logp, history, opts.no_repeat_ngram, shortlist)
     last = steps >= opts.max_length - 1  # the last step can only end the sentence
     if bool(last.any()):
         eos = logp[last, EOS_ID]
@@ -38,13 +46,20 @@ def constrain(logp: Tensor, history: Tensor, steps: Tensor, opts: SearchOptions)
     return logp
 
 
-def ban_repeats(logp: Tensor, history: Tensor, n: int) -> None:
+def ban_repeats(
+    logp: Tensor, history: Tensor, n: int, shortlist: RowShortlist | None = None
+) -> None:
     """Forbid every token that would complete an n-gram already in ``history`` (rows x t)."""
     grams = history.unfold(1, n, 1)  # rows x (t - n + 1) x n
     prefix = history[:, history.size(1) - (n - 1) :]  # rows x (n - 1)
     match = (grams[:, :, : n - 1] == prefix.unsqueeze(1)).all(-1)  # rows x (t - n + 1)
     rows, where = match.nonzero(as_tuple=True)
-    logp[rows, grams[rows, where, n - 1]] = NEG_INF
+    banned = grams[rows, where, n - 1]
+    if shortlist is not None:  # an id outside the columns cannot be output anyway
+        columns = shortlist.positions(banned)
+        inside = shortlist.columns[columns] == banned
+        rows, banned = rows[inside], columns[inside]
+    logp[rows, banned] = NEG_INF
 
 
 def generators(batch: int, opts: SearchOptions, device: torch.device) -> list[torch.Generator]:

@@ -58,7 +58,8 @@ class RunningBatch:
     @torch.inference_mode()
     def join(self, src: Tensor, src_len: Tensor, keys: Sequence[int]) -> None:
         """Add inputs (batch x src_len ids, EOS-terminated) under the caller's ``keys``."""
-        memory, state = self.head.prepare(self.model.encode(src, src_len))
+        encoded = self.model.encode(src, src_len)
+        memory, state = self.head.prepare(encoded, shortlist=not self.opts.sampling)
         n, device = len(keys), src.device
         width = self._history.size(1)
         fresh = {
@@ -96,13 +97,16 @@ class RunningBatch:
         ``on_step(keys, tokens)`` sees the token each live row just produced (EOS included).
         """
         assert self._memory is not None and self._state is not None, "join() before step()"
-        logits, self._state, attn = self.head.step(self._prev, self._state, self._memory)
-        logp = constrain(self.head.log_probs(logits), self._history, self._steps, self.opts)
+        memory = self._memory
+        logits, self._state, attn = self.head.step(self._prev, self._state, memory)
+        logp = self.head.log_probs(logits)
+        logp = constrain(logp, self._history, self._steps, self.opts, memory.shortlist)
         if self.opts.sampling:
-            token = sample(logits, logp, self.opts, self._generators)
+            column = sample(logits, logp, self.opts, self._generators)
         else:
-            token = logp.argmax(-1)
-        self._scores += logp.gather(1, token.unsqueeze(1)).squeeze(1)
+            column = logp.argmax(-1)
+        self._scores += logp.gather(1, column.unsqueeze(1)).squeeze(1)
+        token = memory.token_ids(column)
         self._history = torch.cat([self._history, token.unsqueeze(1)], 1)
         self._steps += 1
         if self.opts.return_attention:

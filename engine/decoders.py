@@ -18,6 +18,7 @@ from engine.attention import build_attention
 from engine.config import ModelConfig
 from engine.copy import CopySources
 from engine.encoders import EncoderOutput
+from engine.shortlist import RowShortlist
 from engine.vocabulary import PAD_ID
 
 Hidden = Tensor | tuple[Tensor, Tensor]  # layers x batch x hidden (GRU) or (h, c) (LSTM)
@@ -32,13 +33,21 @@ class Memory:
     mask: Tensor  # batch x src_len
     summary: Tensor  # batch x enc_size: mean of the source states
     copy: CopySources | None = None  # what the sources can copy (copy heads only)
+    shortlist: RowShortlist | None = None  # the columns decoding computes (engine/shortlist.py)
 
     def index_select(self, index: Tensor) -> Memory:
         def rows(t: Tensor) -> Tensor:
             return t.index_select(0, index)
 
         copy = None if self.copy is None else self.copy.index_select(index)
-        return Memory(rows(self.values), rows(self.keys), rows(self.mask), rows(self.summary), copy)
+        short = None if self.shortlist is None else self.shortlist.index_select(index)
+        return Memory(
+            rows(self.values), rows(self.keys), rows(self.mask), rows(self.summary), copy, short
+        )
+
+    def token_ids(self, columns: Tensor) -> Tensor:
+        """Columns of a step's output -> target ids (the same unless a shortlist is on)."""
+        return columns if self.shortlist is None else self.shortlist.columns[columns]
 
     def width(self, width: int) -> Memory:
         """Padded (or cut) to ``width`` source positions; cut only past every row's end."""
@@ -52,6 +61,7 @@ class Memory:
                 self.mask[:, :width],
                 self.summary,
                 None if self.copy is None else self.copy.width(width),
+                self.shortlist,
             )
         return Memory(
             F.pad(self.values, (0, 0, 0, extra)),
@@ -59,6 +69,7 @@ class Memory:
             F.pad(self.mask, (0, extra)),
             self.summary,
             None if self.copy is None else self.copy.width(width),
+            self.shortlist,
         )
 
     @staticmethod
@@ -67,12 +78,16 @@ class Memory:
         width = max(a.values.size(1), b.values.size(1))
         a, b = a.width(width), b.width(width)
         copy = None if a.copy is None or b.copy is None else CopySources.cat(a.copy, b.copy)
+        short = None
+        if a.shortlist is not None and b.shortlist is not None:
+            short = RowShortlist.cat(a.shortlist, b.shortlist)
         return Memory(
             torch.cat([a.values, b.values]),
             torch.cat([a.keys, b.keys]),
             torch.cat([a.mask, b.mask]),
             torch.cat([a.summary, b.summary]),
             copy,
+            short,
         )
 
 

@@ -10,6 +10,7 @@ from engine.copy import CopyGate, CopySources
 from engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from engine.encoders import Encoder, EncoderOutput, build_encoder
 from engine.quantize import Int8Linear
+from engine.shortlist import LexicalTable, RowShortlist
 from engine.vocabulary import PAD_ID
 
 
@@ -29,12 +30,19 @@ class TaskHead(nn.Module):
         )
 
         self._packed: tuple[tuple, Tensor, Tensor] | None = None  # see _inference_logits
+        self._short: tuple[tuple, Tensor, Tensor] | None = None  # see _shortlist_logits
         self.int8: Int8Linear | None = None  # engine.quantize: a frozen int8 copy, if asked
+        self.lexicon: LexicalTable | None = None  # engine.shortlist: from the bundle, if any
 
-    def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
+    def prepare(self, enc: EncoderOutput, shortlist: bool = False) -> tuple[Memory, DecoderState]:
+        """``shortlist``: decode over the columns this head's lexicon allows these sources
+        (when it has one; never while training)."""
         memory, state = self.decoder.prepare(enc)
         if self.copy is not None:
             memory.copy = self.copy.sources(enc.ids)
+        if shortlist and self.lexicon is not None and not torch.is_grad_enabled():
+            copyable = None if self.copy is None else self.copy.mapping[enc.ids]
+            memory.shortlist = self.lexicon.rows(enc.ids, copyable)
         return memory, state
 
     def step(
@@ -45,13 +53,20 @@ class TaskHead(nn.Module):
         A copy head returns log-probabilities instead (engine/copy.py): the same
         distribution under the log-softmax every caller applies. Without gradients the
         logits may have a few extra columns past the vocabulary, at -inf: they never win and
-        add nothing to a softmax."""
+        add nothing to a softmax. With a shortlist in ``memory`` the columns are its columns
+        (``memory.token_ids`` turns them into ids), -inf where a row may not go."""
         vector, state, weights = self.decoder.step(prev, state, memory)
+        short = memory.shortlist
         if torch.is_grad_enabled():
             logits = self.generator(vector)
+        elif short is not None:
+            logits = self._shortlist_logits(vector, short)
         else:
             logits = self._inference_logits(vector)
-        return self._copied(logits, vector, weights, memory.copy), state, weights
+        sources = memory.copy
+        if sources is not None and short is not None:
+            sources = CopySources(short.positions(sources.ids), sources.positions)
+        return self._copied(logits, vector, weights, sources), state, weights
 
     def log_probs(self, out: Tensor) -> Tensor:
         """step()'s output as log-probabilities: a copy head's already are (one pass over the
@@ -93,6 +108,23 @@ class TaskHead(nn.Module):
             return logits
         assert sources is not None, "a copy head's memory comes from its own prepare()"
         return self.copy(logits, vector, sources.mass(weights), sources.ids)
+
+    def _shortlist_logits(self, vector: Tensor, short: RowShortlist) -> Tensor:
+        """The generator over the shortlist's columns only, each row masked to its own set.
+        The weight columns are gathered once per set of columns (they change only when rows
+        join), in the fp32 or fp16 weights: an int8 copy cannot be cut by column."""
+        weight, bias = self.generator.weight, self.generator.bias
+        # The cache holds the columns tensor itself: identity, not an address another
+        # tensor could reuse, says the set is unchanged.
+        key = (short.columns, weight.data_ptr(), weight._version, weight.dtype)
+        cached = self._short
+        if cached is None or cached[0][0] is not key[0] or cached[0][1:] != key[1:]:
+            wt = weight.index_select(0, short.columns).t().contiguous()
+            b = bias.index_select(0, short.columns) if bias is not None else wt.new_zeros(0)
+            self._short = cached = (key, wt, b)
+        _, wt, b = cached
+        logits = torch.addmm(b, vector, wt) if b.numel() else vector @ wt
+        return logits.masked_fill(~short.allowed, float("-inf"))
 
     def _inference_logits(self, vector: Tensor) -> Tensor:
         """The generator as one addmm on a transposed weight padded to a multiple of 16

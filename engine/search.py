@@ -52,7 +52,7 @@ def search(
     if opts.beam_size == 1:
         return _greedy_or_sample(model, task, src, src_len, opts, hooks)
     head = model.head(task)
-    memory, state = head.prepare(model.encode(src, src_len))
+    memory, state = head.prepare(model.encode(src, src_len), shortlist=True)
     return _beam(head, memory, state, opts, hooks)
 
 
@@ -106,12 +106,12 @@ def _beam(
         live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
         steps = torch.full((live * k,), step, device=device)
-        logp = constrain(head.log_probs(logits), beams.history, steps, opts)
+        logp = constrain(head.log_probs(logits), beams.history, steps, opts, memory.shortlist)
         vocab = logp.size(-1)
         cand = (beams.scores.unsqueeze(1) + logp).view(live, k * vocab)
         top_scores, top_index = cand.topk(2 * k, dim=1)  # live x 2k
         offsets = (torch.arange(live, device=device) * k).unsqueeze(1)
-        origin, token = top_index // vocab + offsets, top_index % vocab
+        origin, token = top_index // vocab + offsets, memory.token_ids(top_index % vocab)
         if opts.return_attention:
             beams.attention = torch.cat([beams.attention, attn.float().unsqueeze(1)], 1)
         _collect_finished(found, beams, top_scores, origin, token, step, opts)

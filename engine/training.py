@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from engine import distributed as dist_utils
 from engine.bundle import Side, save_bundle
-from engine.config import Config
+from engine.config import Config, ConfigurationError
 from engine.copy import copy_maps
 from engine.data import BatchStream, DataError, Encoded, Example, encode, fingerprint, read_tsv
 from engine.heads import Seq2Seq, build_model
@@ -32,6 +32,7 @@ from engine.metrics import task_scores
 from engine.options import SearchOptions
 from engine.pipeline import Pipeline
 from engine.schedules import learning_rate_factor, teacher_forcing_ratio
+from engine.shortlist import LexicalTable
 from engine.tokenizers import build_tokenizer
 from engine.vocabulary import PAD_ID
 
@@ -385,11 +386,39 @@ class Trainer:
                 t: {"metric": self.cfg.task_metric(t), "valid_scores": s} for t, s in scores.items()
             },
         }
+        lexicons = {
+            t: lexicon(d.train, self.source, self.targets[t]) for t, d in self.tasks.items()
+        }
         bundle = save_bundle(
-            self.out / "bundle", self.model, self.cfg.model, self.source, self.targets, info
+            self.out / "bundle",
+            self.model,
+            self.cfg.model,
+            self.source,
+            self.targets,
+            info,
+            lexicons=lexicons,
         )
         tqdm.write(f"bundle written to {bundle}")
         return bundle
+
+
+def lexicon(train: Encoded, source: Side, target: Side) -> LexicalTable:
+    """A task's vocabulary-shortlist table, counted from its encoded train split."""
+    return LexicalTable.build(train.sources, train.targets, len(source.vocab), len(target.vocab))
+
+
+def lexicons_for(cfg: Config, source: Side, targets: dict[str, Side]) -> dict[str, LexicalTable]:
+    """Shortlist tables for these target sides from the train splits ``cfg`` names, as the
+    bundle's own tokenizers cut them (``hanseq export --shortlist`` on an older bundle)."""
+    out = {}
+    for task, target in targets.items():
+        if task not in cfg.tasks:
+            raise ConfigurationError(f"tasks: the config has no {task!r}; the bundle has")
+        path = Trainer._path(cfg.corpora_root(), cfg.tasks[task].train)
+        examples = read_tsv(path, cfg.data.strict)[0]
+        max_src, max_tgt = cfg.data.max_source_length, cfg.data.max_target_length
+        out[task] = lexicon(encode(examples, source, target, max_src, max_tgt), source, target)
+    return out
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

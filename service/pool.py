@@ -82,6 +82,7 @@ class WorkerPool:
             generation,
             self._changed,
             self.settings.max_input_tokens,
+            self.settings.shortlist,
         )
 
     async def acquire(self) -> Worker:

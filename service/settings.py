@@ -35,6 +35,11 @@ class Settings:
     cpu_int8: bool = _f(
         False, "int8 output layers on CPU workers: faster decoding, scores in bench/README.md"
     )
+    shortlist: bool = _f(
+        True,
+        "greedy and beam search over a per-batch vocabulary shortlist where a bundle has one "
+        "(faster; scores in bench/README.md)",
+    )
     max_batch_size: int = _f(64, "requests decoded together at most")
     max_queue_delay_ms: float = _f(5.0, "longest a request waits for its batch to fill")
     join_delay_ms: float = _f(

@@ -37,12 +37,15 @@ def worker_main(
     threads: int,
     precision: str,
     max_tokens: int = 0,
+    shortlist: bool = True,
 ) -> None:
     """Entry point of a worker process."""
     from service.workers import find_bundles
 
     try:
-        runner = Runner(device, find_bundles(Path(models)), threads, precision, conn, max_tokens)
+        runner = Runner(
+            device, find_bundles(Path(models)), threads, precision, conn, max_tokens, shortlist
+        )
     except Exception as e:  # report why, then exit: the parent decides what to do
         conn.send(("fatal", f"{type(e).__name__}: {e}"))
         return
@@ -93,6 +96,7 @@ class Runner:
         precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU output layers)
         conn: Any,
         max_tokens: int = 0,
+        shortlist: bool = True,
     ):
         import torch
 
@@ -108,7 +112,7 @@ class Runner:
         self.pipelines: dict[str, Any] = {}
         self.bundles: dict[str, Any] = {}
         for path in bundles:
-            bundle = load_bundle(path, self.device)
+            bundle = load_bundle(path, self.device, shortlist)
             if precision == "fp16" and self.device.type == "cuda":
                 bundle.model.half()  # search takes log-softmax in fp32
             if precision == "int8" and self.device.type == "cpu":

@@ -71,10 +71,12 @@ class Worker:
         generation: int,
         on_change: Callable[[Worker], None] = lambda w: None,
         max_tokens: int = 0,
+        shortlist: bool = True,
     ):
         self.device, self.models, self.threads = device, models, threads
         self.precision = precision
         self.max_tokens = max_tokens  # longest input in tokens (0 = the bundle's own cut)
+        self.shortlist = shortlist  # use the bundles' vocabulary-shortlist tables
         self.capacity, self.generation, self.on_change = capacity, generation, on_change
         self.tasks: dict[str, dict[str, Any]] = {}
         self.load = 0  # rows sent and not yet answered
@@ -112,6 +114,7 @@ class Worker:
                 self.threads,
                 self.precision,
                 self.max_tokens,
+                self.shortlist,
             ),
             name=f"hanseq-worker-{self.device}",
             daemon=True,

@@ -32,7 +32,13 @@ def test_manifest_describes_the_bundle(toy_bundle):
     assert m["tasks"]["reverse"]["metric"] == "rouge_l"
     assert m["tasks"]["reverse"]["valid_scores"]["rouge_l"] > 90
     assert len(m["training"]["data_fingerprint"]) == 64
-    assert set(m["sha256"]) == {WEIGHTS, "source.vocab", "target.reverse.vocab"}
+    assert set(m["sha256"]) == {
+        WEIGHTS,
+        "source.vocab",
+        "target.reverse.vocab",
+        "shortlist.reverse.safetensors",
+    }
+    assert m["tasks"]["reverse"]["shortlist"] == "shortlist.reverse.safetensors"
 
 
 def test_save_then_load_gives_identical_outputs(toy_bundle, tmp_path):

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from engine.bundle import load_bundle
 from engine.pipeline import Pipeline
 from tests.conftest import REPO, reversal_pairs
 
@@ -166,3 +168,49 @@ def test_export_fp16_halves_the_weights_and_keeps_the_metadata(toy_bundle_path, 
     assert size < 0.6 * (toy_bundle_path / "weights.safetensors").stat().st_size
     again = hanseq("export", "--model", str(toy_bundle_path), "--output", str(tmp_path / "half"))
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
+
+
+def test_export_keeps_drops_or_rebuilds_the_shortlist_tables(toy_bundle_path, toy_corpus, tmp_path):
+    table = "shortlist.reverse.safetensors"
+    kept = hanseq("export", "--model", str(toy_bundle_path), "--output", str(tmp_path / "kept"))
+    assert kept.returncode == 0, kept.stderr
+    assert (tmp_path / "kept" / table).read_bytes() == (toy_bundle_path / table).read_bytes()
+    assert "shortlist tables for reverse" in kept.stdout
+
+    dropped = tmp_path / "dropped"
+    run = hanseq(
+        "export", "--model", str(toy_bundle_path), "--output", str(dropped), "--no-shortlist"
+    )
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((dropped / "bundle.json").read_text())
+    assert "shortlist" not in manifest["tasks"]["reverse"] and not (dropped / table).exists()
+    assert load_bundle(dropped).model.head("reverse").lexicon is None
+
+    config = tmp_path / "toy.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"root": str(toy_corpus)},
+                "tasks": {"reverse": {"train": "train.tsv", "target": {"kind": "mecab"}}},
+            }
+        )
+    )
+    rebuilt = tmp_path / "rebuilt"
+    run = hanseq(
+        "export", "--model", str(dropped), "--output", str(rebuilt), "--shortlist", str(config)
+    )
+    assert run.returncode == 0, run.stderr
+    assert (rebuilt / table).read_bytes() == (toy_bundle_path / table).read_bytes()
+
+    other = {"other": {"train": "train.tsv", "target": {"kind": "mecab"}}}
+    config.write_text(yaml.safe_dump({"data": {"root": str(toy_corpus)}, "tasks": other}))
+    run = hanseq(
+        "export",
+        "--model",
+        str(dropped),
+        "--output",
+        str(tmp_path / "x"),
+        "--shortlist",
+        str(config),
+    )
+    assert run.returncode == 2 and "no 'reverse'" in run.stderr

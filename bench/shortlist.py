@@ -1,0 +1,103 @@
+"""Vocabulary shortlist sizes against speed and scores, on one task's valid split.
+
+    .venv/bin/python bench/shortlist.py --model runs/translate-single/bundle \\
+        --config configs/translate-single.yaml --limit 1000
+
+For each (entries per source piece, frequent pieces) pair, the tables are counted from the
+train split the config names (as ``hanseq export --shortlist`` does), and the first ``--limit``
+valid inputs are decoded greedily in batches of 64 on one thread: the mean number of columns a
+step computes, the share of outputs identical to the whole vocabulary's, the task's metric and
+sentences/s, with the whole vocabulary as the first row (all measured in this one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.bundle import load_bundle  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.data import encode, read_tsv  # noqa: E402
+from engine.metrics import task_scores  # noqa: E402
+from engine.options import SearchOptions  # noqa: E402
+from engine.pipeline import Pipeline  # noqa: E402
+from engine.shortlist import LexicalTable  # noqa: E402
+
+
+def _columns(pipeline: Pipeline, task: str, texts: list[str]) -> float:
+    """Mean columns per batch of 64 (the batches the timed run decodes)."""
+    head = pipeline.model.head(task)
+    sizes = []
+    for start in range(0, len(texts), 64):
+        src, _ = pipeline.encode_sources(pipeline.tokenize(texts[start : start + 64]))
+        copyable = None if head.copy is None else head.copy.mapping[src]
+        sizes.append(head.lexicon.rows(src, copyable).columns.numel())
+    return statistics.mean(sizes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a bundle")
+    parser.add_argument("--config", type=Path, required=True, help="its training config")
+    parser.add_argument("--task", default="translate")
+    parser.add_argument("--limit", type=int, default=1000, help="first N valid inputs")
+    parser.add_argument("--top", type=int, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--frequent", type=int, nargs="+", default=[300, 1000])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config(args.config)
+    bundle = load_bundle(args.model, shortlist=False)
+    pipeline = Pipeline.from_bundle(bundle)
+    pipeline.warn_truncated = False
+    source, target = bundle.source, bundle.targets[args.task]
+    tcfg, root = cfg.tasks[args.task], cfg.corpora_root()
+    limits = cfg.data.max_source_length, cfg.data.max_target_length
+    train = encode(read_tsv(root / tcfg.train)[0], source, target, *limits)
+    valid = read_tsv(root / tcfg.valid)[0][: args.limit]
+    texts, refs = [e.source for e in valid], [e.target for e in valid]
+    opts = SearchOptions(max_length=int(bundle.manifest.get("max_target_length", 100)))
+    head = bundle.model.head(args.task)
+    metric = cfg.task_metric(args.task)
+
+    def run() -> tuple[list[str], float]:
+        pipeline.generate(args.task, texts[:64], opts)  # warm up
+        times, out = [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = [g.text for g in pipeline.generate(args.task, texts, opts)]
+            times.append(time.perf_counter() - start)
+        return out, len(texts) / statistics.median(times)
+
+    whole, whole_speed = run()
+    print(f"{args.task} valid, first {len(texts)} inputs; greedy, batch 64, one thread")
+    print(f"\n| entries | frequent | columns | outputs unchanged | {metric} | sent/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    score = task_scores(args.task, whole, refs)[metric]
+    vocab = len(target.vocab)
+    print(f"| whole vocabulary | - | {vocab} | 100% | {score:.2f} | {whole_speed:.1f} | 1.00x |")
+    for top in args.top:
+        for frequent in args.frequent:
+            head.lexicon = LexicalTable.build(
+                train.sources, train.targets, len(source.vocab), vocab, top, frequent
+            )
+            out, speed = run()
+            same = sum(a == b for a, b in zip(out, whole, strict=True)) / len(out)
+            score = task_scores(args.task, out, refs)[metric]
+            columns = _columns(pipeline, args.task, texts)
+            print(
+                f"| {top} | {frequent} | {columns:.0f} | {same:.1%} | {score:.2f} | "
+                f"{speed:.1f} | {speed / whole_speed:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
