@@ -203,3 +203,11 @@ def test_find_bundles(service_bundle_path, tmp_path):
         find_bundles(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_bundles(tmp_path / "nope")
+
+
+def test_the_shortlist_setting_reaches_the_workers_bundles(service_bundle_path):
+    on = Runner("cpu", [service_bundle_path], 1, "fp32", Pipe())
+    off = Runner("cpu", [service_bundle_path], 1, "fp32", Pipe(), shortlist=False)
+    for task in on.bundles:
+        assert on.bundles[task].model.head(task).lexicon is not None
+        assert off.bundles[task].model.head(task).lexicon is None
