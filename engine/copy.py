@@ -95,11 +95,18 @@ class CopySources:
         return CopySources(torch.cat([ids(a), ids(b)]), torch.cat([positions(a), positions(b)]))
 
     def mass(self, weights: Tensor) -> Tensor:
-        """Attention (batch x src_len, or batch x steps x src_len) -> the attention on each
-        distinct id (batch x U, or batch x steps x U)."""
+        """Attention ((batch * r) x src_len: r rows per source, or batch x steps x src_len)
+        -> the attention on each distinct id ((batch * r) x U, or batch x steps x U)."""
         if weights.dim() == 2:
-            return torch.bmm(weights.unsqueeze(1), self.positions.to(weights.dtype)).squeeze(1)
+            grouped = weights.view(self.ids.size(0), -1, weights.size(1))
+            mass = torch.bmm(grouped, self.positions.to(weights.dtype))
+            return mass.view(weights.size(0), -1)
         return torch.bmm(weights, self.positions.to(weights.dtype))
+
+    def row_ids(self, rows: int) -> Tensor:
+        """``ids`` for ``rows`` decoder rows (r consecutive rows per source)."""
+        share = rows // self.ids.size(0)
+        return self.ids if share == 1 else self.ids.repeat_interleave(share, 0)
 
 
 class CopyGate(nn.Module):

@@ -26,7 +26,8 @@ Hidden = Tensor | tuple[Tensor, Tensor]  # layers x batch x hidden (GRU) or (h, 
 
 @dataclass
 class Memory:
-    """The encoder's output as one decoder reads it; fixed for the whole search."""
+    """The encoder's output as one decoder reads it; fixed for the whole search. Decoder rows
+    may be r times its rows: r consecutive rows then read one source (beam search)."""
 
     values: Tensor  # batch x src_len x enc_size
     keys: Tensor  # batch x src_len x (attention's key size)
@@ -184,11 +185,13 @@ class RecurrentDecoder(nn.Module):
         inputs = [embedded]
         if self.cfg.input_feeding:
             inputs.append(state.feed)
-        if self.cfg.peeky:
-            inputs.append(memory.summary)
-        out, hidden = self._rnn_step(torch.cat(inputs, -1), state.hidden)  # batch x hidden
+        summary = []
+        if self.cfg.peeky:  # one per row (a beam's rows share their source's memory)
+            share = embedded.size(0) // memory.summary.size(0)
+            summary = [memory.summary.repeat_interleave(share, 0)]
+        out, hidden = self._rnn_step(torch.cat(inputs + summary, -1), state.hidden)
         context, weights = self.attention(out, memory.keys, memory.values, memory.mask)
-        parts = [out, context] + ([memory.summary] if self.cfg.peeky else [])
+        parts = [out, context, *summary]
         vector = self.dropout(torch.tanh(self.combine(torch.cat(parts, -1))))
         return vector, DecoderState(hidden, vector), weights
 

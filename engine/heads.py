@@ -107,7 +107,7 @@ class TaskHead(nn.Module):
         if self.copy is None:
             return logits
         assert sources is not None, "a copy head's memory comes from its own prepare()"
-        return self.copy(logits, vector, sources.mass(weights), sources.ids)
+        return self.copy(logits, vector, sources.mass(weights), sources.row_ids(vector.size(0)))
 
     def _shortlist_logits(self, vector: Tensor, short: RowShortlist) -> Tensor:
         """The generator over the shortlist's columns only, each row masked to its own set.
@@ -124,7 +124,9 @@ class TaskHead(nn.Module):
             self._short = cached = (key, wt, b)
         _, wt, b = cached
         logits = torch.addmm(b, vector, wt) if b.numel() else vector @ wt
-        return logits.masked_fill(~short.allowed, float("-inf"))
+        rows, batch = logits.size(0), short.allowed.size(0)  # r rows per source (a beam)
+        grouped = logits.view(batch, rows // batch, -1)
+        return grouped.masked_fill(~short.allowed.unsqueeze(1), float("-inf")).view(rows, -1)
 
     def _inference_logits(self, vector: Tensor) -> Tensor:
         """The generator as one addmm on a transposed weight padded to a multiple of 16

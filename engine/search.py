@@ -90,8 +90,9 @@ def _beam(
     head: TaskHead, memory: Memory, state: DecoderState, opts: SearchOptions, hooks: SearchHooks
 ) -> list[list[Hypothesis]]:
     k, batch, device = opts.beam_size, memory.values.size(0), memory.values.device
-    expand = torch.arange(batch, device=device).repeat_interleave(k)
-    memory, state = memory.index_select(expand), state.index_select(expand)
+    # The k beams of an input are k consecutive rows of the state; they share one row of the
+    # memory (attention reads it as a k-row product): no k copies to make and compact.
+    state = state.index_select(torch.arange(batch, device=device).repeat_interleave(k))
     scores = torch.zeros(batch, k, device=device)
     scores[:, 1:] = NEG_INF  # all beams start identical: keep one until they diverge
     beams = _Beams(
@@ -134,7 +135,10 @@ def _beam(
             rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             beams.items = beams.items[keep]
             beams.select(rows)
-            prev, state, memory = prev[rows], state.index_select(rows), memory.index_select(rows)
+            prev, state = prev[rows], state.index_select(rows)
+            memory = memory.index_select(keep)
+            if not opts.return_attention:  # (whose rows keep the first width)
+                memory = memory.width(int(memory.mask.sum(1).max()))  # longest source left
     return [sorted(f, key=lambda h: -h.score)[: opts.n_best] for f in found]
 
 

@@ -130,3 +130,33 @@ def test_training_logits_of_the_kept_positions_are_those_of_the_full_pass(copy):
     keep = tgt != PAD_ID
     full = model("a", src, src_len, tgt)
     assert torch.allclose(model("a", src, src_len, tgt, keep=keep), full[keep], atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, dict(copy=True, peeky=True, attention="bahdanau")])
+@pytest.mark.parametrize("shortlist", [False, True])
+def test_rows_sharing_a_source_step_as_over_copies_of_it(variant, shortlist):
+    """Beam search gives each source k decoder rows over one memory row: every step must
+    equal the step over k copies of the memory (the copy mass and ids, the peeky summary and
+    each row's shortlist mask go with them)."""
+    from engine.shortlist import LexicalTable
+
+    model = tiny(**variant)
+    head = model.head("a")
+    if shortlist:
+        table = torch.randint(4, 20, (30, 3))
+        head.lexicon = LexicalTable(table, torch.arange(6))
+    src, src_len = batch(pad_to=6)
+    k = 3
+    with torch.inference_mode():
+        memory, state = head.prepare(model.encode(src, src_len), shortlist=shortlist)
+        rows = torch.arange(2).repeat_interleave(k)
+        state = state.index_select(rows)
+        copies = memory.index_select(rows)
+        prev = torch.tensor([BOS_ID, 7, 9, BOS_ID, 12, 4])
+        shared_state, copied_state = state, state
+        for _ in range(3):
+            shared, shared_state, w1 = head.step(prev, shared_state, memory)
+            copied, copied_state, w2 = head.step(prev, copied_state, copies)
+            assert torch.allclose(shared, copied, atol=1e-5, equal_nan=True)
+            assert torch.allclose(w1, w2, atol=1e-6)
+            prev = memory.token_ids(shared.argmax(-1))
