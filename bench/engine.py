@@ -101,10 +101,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-length", type=int, default=80, help="max output tokens")
     parser.add_argument("--int8", action="store_true", help="int8 output layers (fbgemm)")
+    parser.add_argument(
+        "--no-shortlist", action="store_true", help="the whole target vocabulary at every step"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, shortlist=not args.no_shortlist)
     if args.int8:
         quantize_generators(bundle.model)
     pipeline = Pipeline.from_bundle(bundle)
@@ -115,7 +118,8 @@ def main() -> None:
     print(
         f"bundle {pipeline.targets and args.model} task {args.task}: {len(texts)} inputs, "
         f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}"
-        f"{', int8 output layers' if args.int8 else ''}\n"
+        f"{', int8 output layers' if args.int8 else ''}"
+        f"{', whole vocabulary' if args.no_shortlist else ''}\n"
     )
     print(
         table(
