@@ -25,7 +25,7 @@ from engine.bundle import load_bundle  # noqa: E402
 from engine.data import read_tsv  # noqa: E402
 from engine.options import SearchOptions  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
-from engine.quantize import quantize_generators  # noqa: E402
+from engine.quantize import quantize_decoders  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; median reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-length", type=int, default=80, help="max output tokens")
-    parser.add_argument("--int8", action="store_true", help="int8 output layers (fbgemm)")
+    parser.add_argument("--int8", action="store_true", help="int8 decoder products (fbgemm)")
     parser.add_argument(
         "--no-shortlist", action="store_true", help="the whole target vocabulary at every step"
     )
@@ -109,7 +109,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.model, shortlist=not args.no_shortlist)
     if args.int8:
-        quantize_generators(bundle.model)
+        quantize_decoders(bundle.model)
     pipeline = Pipeline.from_bundle(bundle)
     pipeline.warn_truncated = False  # a benchmark, not a user: the count is not news
     examples, _ = read_tsv(Path(args.data))
@@ -118,7 +118,7 @@ def main() -> None:
     print(
         f"bundle {pipeline.targets and args.model} task {args.task}: {len(texts)} inputs, "
         f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}"
-        f"{', int8 output layers' if args.int8 else ''}"
+        f"{', int8 decoder products' if args.int8 else ''}"
         f"{', whole vocabulary' if args.no_shortlist else ''}\n"
     )
     print(

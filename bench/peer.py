@@ -10,10 +10,10 @@ run's own tokenizers (``<output_dir>/vocab``, written when its training starts),
 vocabularies and an OpenNMT-py config for the same architecture as the hanseq model: biLSTM
 encoder, LSTM decoder with global "general" attention, input feeding, a bridge, tied decoder
 embeddings. ``train`` runs onmt_train under the same wall-clock budget and keeps the last
-checkpoint. ``compare`` decodes the same valid inputs with both (hanseq also with int8 output
-layers, and with the bundle's vocabulary shortlist when it has one), greedy and beam 5, and
-prints BLEU, chrF, sentences/s, parameter counts and the ratios as a Markdown table (issue #6
-targets: hanseq >= OpenNMT-py + 2 BLEU and >= 3x its sentences/s at the same beam).
+checkpoint. ``compare`` decodes the same valid inputs with both (hanseq also with int8 decoder
+products, and with the bundle's vocabulary shortlist when it has one, fp32 and int8), greedy
+and beam 5, and prints BLEU, chrF, sentences/s, parameter counts and the ratios as a Markdown
+table (issue #6 targets: hanseq >= OpenNMT-py + 2 BLEU and >= 3x its sentences/s at the same beam).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from engine.heads import build_model  # noqa: E402
 from engine.metrics import bleu, chrf  # noqa: E402
 from engine.options import SearchOptions  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
-from engine.quantize import quantize_generators  # noqa: E402
+from engine.quantize import quantize_decoders  # noqa: E402
 from engine.vocabulary import SPECIALS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -184,11 +184,14 @@ def compare(
     bundle = load_bundle(model, shortlist=False)
     pipeline = Pipeline.from_bundle(bundle)
     quantized = copy.deepcopy(bundle)
-    quantize_generators(quantized.model)
+    quantize_decoders(quantized.model)
     systems = {"hanseq": pipeline, "hanseq int8": Pipeline.from_bundle(quantized)}
     shortlisted = load_bundle(model)
     if shortlisted.model.head(TASK).lexicon is not None:
         systems["hanseq shortlist"] = Pipeline.from_bundle(shortlisted)
+        shortlisted_int8 = copy.deepcopy(shortlisted)
+        quantize_decoders(shortlisted_int8.model)
+        systems["hanseq shortlist int8"] = Pipeline.from_bundle(shortlisted_int8)
     sources = (work / "valid.src").read_text().splitlines()
     cfg_valid = [line.split("\t") for line in (work / "valid.raw").read_text().splitlines()]
     n = min(limit or len(sources), len(sources))

@@ -57,8 +57,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--int8",
         action="store_true",
-        help="int8 output layers (CPU only): faster, scores within noise (bench/README.md); "
-        "used where no shortlist is",
+        help="int8 decoder products (CPU only: output layer, LSTM cell, attentional layer): "
+        "faster, scores within noise (bench/README.md)",
     )
     g.add_argument(
         "--no-shortlist",
@@ -189,10 +189,10 @@ def _pipeline(args: argparse.Namespace):
 
     bundle = load_bundle(args.model, resolve_device(args.device), not args.no_shortlist)
     if args.int8:
-        from engine.quantize import quantize_generators
+        from engine.quantize import quantize_decoders
 
         try:
-            quantize_generators(bundle.model)
+            quantize_decoders(bundle.model)
         except RuntimeError as e:
             raise SystemExit(f"hanseq: --int8: {e}") from None
     pipeline = Pipeline.from_bundle(bundle, args.batch_size)

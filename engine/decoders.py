@@ -18,6 +18,7 @@ from engine.attention import build_attention
 from engine.config import ModelConfig
 from engine.copy import CopySources
 from engine.encoders import EncoderOutput
+from engine.quantize import Int8Decoder
 from engine.shortlist import RowShortlist
 from engine.vocabulary import PAD_ID
 
@@ -140,6 +141,7 @@ class RecurrentDecoder(nn.Module):
         self.bridge_cell = nn.Linear(enc_size, cfg.hidden_size) if cfg.rnn == "lstm" else None
         self.combine = nn.Linear(cfg.hidden_size + enc_size + peek, self.output_size)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.int8: Int8Decoder | None = None  # engine.quantize: frozen int8 copies, if asked
 
     def prepare(self, enc: EncoderOutput) -> tuple[Memory, DecoderState]:
         """Keys projected once; initial state from the encoder's final state (the bridge)."""
@@ -192,17 +194,24 @@ class RecurrentDecoder(nn.Module):
         out, hidden = self._rnn_step(torch.cat(inputs + summary, -1), state.hidden)
         context, weights = self.attention(out, memory.keys, memory.values, memory.mask)
         parts = [out, context, *summary]
-        vector = self.dropout(torch.tanh(self.combine(torch.cat(parts, -1))))
+        int8 = self.int8 is not None and not torch.is_grad_enabled()
+        combine = self.int8.combine if int8 else self.combine  # type: ignore[union-attr]
+        vector = self.dropout(torch.tanh(combine(torch.cat(parts, -1))))
         return vector, DecoderState(hidden, vector), weights
 
     def _rnn_step(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
         """One time step through every layer with the fused cell kernels and the weights of
         ``self.rnn``: nn.LSTM on a length-1 sequence costs ~4x more per step at batch 1."""
         lstm = isinstance(hidden, tuple)
+        int8 = self.int8 is not None and self.int8.cells and not torch.is_grad_enabled()
         hs, cs = [], []
         for layer in range(self.cfg.decoder_layers):
             weights = [getattr(self.rnn, f"{name}_l{layer}") for name in _RNN_WEIGHTS]
-            if lstm:
+            if lstm and int8:
+                cell = self.int8.cells[layer]  # type: ignore[union-attr]
+                h, c = cell(x, hidden[0][layer], hidden[1][layer])
+                cs.append(c)
+            elif lstm:
                 h, c = torch.lstm_cell(x, (hidden[0][layer], hidden[1][layer]), *weights)
                 cs.append(c)
             else:

@@ -33,7 +33,7 @@ class Settings:
     cpu_threads: int = _f(0, "torch threads per CPU worker (0 = cores / CPU workers)")
     half_precision: bool = _f(True, "fp16 weights on CUDA workers (never on CPU)")
     cpu_int8: bool = _f(
-        False, "int8 output layers on CPU workers: faster decoding, scores in bench/README.md"
+        False, "int8 decoder products on CPU workers: faster decoding, scores in bench/README.md"
     )
     shortlist: bool = _f(
         True,

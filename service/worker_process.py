@@ -93,7 +93,7 @@ class Runner:
         device: str,
         bundles: list[Path],
         threads: int,
-        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU output layers)
+        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU decoder products)
         conn: Any,
         max_tokens: int = 0,
         shortlist: bool = True,
@@ -102,7 +102,7 @@ class Runner:
 
         from engine.bundle import load_bundle
         from engine.pipeline import Pipeline
-        from engine.quantize import quantize_generators
+        from engine.quantize import quantize_decoders
         from engine.vocabulary import EOS_ID
 
         if threads > 0:
@@ -116,7 +116,7 @@ class Runner:
             if precision == "fp16" and self.device.type == "cuda":
                 bundle.model.half()  # search takes log-softmax in fp32
             if precision == "int8" and self.device.type == "cpu":
-                quantize_generators(bundle.model)
+                quantize_decoders(bundle.model)
             for task in bundle.tasks:
                 if task in self.pipelines:
                     raise ValueError(

@@ -66,7 +66,7 @@ class Worker:
         device: str,
         models: Path,
         threads: int,
-        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU output layers)
+        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU decoder products)
         capacity: int,
         generation: int,
         on_change: Callable[[Worker], None] = lambda w: None,
