@@ -24,6 +24,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -178,7 +179,13 @@ def last_checkpoint(work: Path) -> Path:
 
 
 def compare(
-    model: Path, work: Path, limit: int, threads: int, beams: list[int], alpha: float
+    model: Path,
+    work: Path,
+    limit: int,
+    threads: int,
+    beams: list[int],
+    alpha: float,
+    repeats: int = 3,
 ) -> None:
     torch.set_num_threads(threads)
     bundle = load_bundle(model, shortlist=False)
@@ -201,16 +208,22 @@ def compare(
     rows = []
     for beam in beams:
         opts = SearchOptions(beam_size=beam, max_length=80, length_penalty=alpha)
-        for name, system in systems.items():
+        for system in systems.values():
             system.generate(TASK, texts[:64], opts)  # warm up (allocator, Mecab, BPE cache)
-            start = time.perf_counter()
-            ours = [g.text for g in system.generate(TASK, texts, opts)]
-            rows.append((beam, name, ours, time.perf_counter() - start))
-        theirs, theirs_s = _onmt_decode(checkpoint, work, beam, threads, alpha)
-        theirs = [pipeline.targets[TASK].tokenizer.detokenize(t.split()) for t in theirs]
-        rows.append((beam, "OpenNMT-py", theirs, theirs_s))
+        outputs: dict[str, list[str]] = {}
+        seconds: dict[str, list[float]] = {name: [] for name in [*systems, "OpenNMT-py"]}
+        for _ in range(repeats):  # every system once per round: drift hits all alike
+            for name, system in systems.items():
+                start = time.perf_counter()
+                outputs[name] = [g.text for g in system.generate(TASK, texts, opts)]
+                seconds[name].append(time.perf_counter() - start)
+            theirs, theirs_s = _onmt_decode(checkpoint, work, beam, threads, alpha)
+            tokenizer = pipeline.targets[TASK].tokenizer
+            outputs["OpenNMT-py"] = [tokenizer.detokenize(t.split()) for t in theirs]
+            seconds["OpenNMT-py"].append(theirs_s)
+        rows += [(beam, name, outputs[name], statistics.median(seconds[name])) for name in seconds]
     params = {"hanseq": _hanseq_params(bundle), "OpenNMT-py": _onmt_params(checkpoint)}
-    print(_table(rows, refs, params, n, threads, alpha))
+    print(_table(rows, refs, params, n, threads, alpha, repeats))
 
 
 def step_cost(model: Path, work: Path, src_len: int, tgt_len: int) -> None:
@@ -317,9 +330,12 @@ def _onmt_params(checkpoint: Path) -> int:
     return int(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
-def _table(rows: list, refs: list[str], params: dict, n: int, threads: int, alpha: float) -> str:
+def _table(
+    rows: list, refs: list[str], params: dict, n: int, threads: int, alpha: float, repeats: int
+) -> str:
     lines = [
-        f"ko->en valid, first {n} sentences; batch 64; {threads} thread(s); "
+        f"ko->en valid, first {n} sentences; batch 64; {threads} thread(s); median of "
+        f"{repeats} rounds; "
         f"length penalty {alpha}; parameters: hanseq {params['hanseq']:,}, "
         f"OpenNMT-py {params['OpenNMT-py']:,}",
         "",
@@ -360,6 +376,9 @@ def main() -> None:
     c.add_argument("--limit", type=int, default=0, help="first N valid sentences (0 = all)")
     c.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     c.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, both systems")
+    c.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds of every system; medians shown"
+    )
     s = sub.add_parser("step-cost", help="ms per training step of both on equal batches")
     s.add_argument("--model", type=Path, required=True, help="a hanseq bundle (its sizes)")
     s.add_argument("--src-len", type=int, default=13)
@@ -374,7 +393,15 @@ def main() -> None:
     elif args.command == "train":
         train(args.work, args.minutes, args.threads)
     else:
-        compare(args.model, args.work, args.limit, args.threads, args.beams, args.length_penalty)
+        compare(
+            args.model,
+            args.work,
+            args.limit,
+            args.threads,
+            args.beams,
+            args.length_penalty,
+            args.repeats,
+        )
 
 
 if __name__ == "__main__":
