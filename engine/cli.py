@@ -272,8 +272,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(args.model)
-    lexicons = {t: bundle.model.head(t).lexicon for t in bundle.tasks}
-    lexicons = {t: lex for t, lex in lexicons.items() if lex is not None}
+    heads = {t: bundle.model.head(t) for t in bundle.tasks}
+    lexicons = {t: h.lexicon for t, h in heads.items() if h.lexicon is not None}
     if args.shortlist:
         from engine.config import load_config
         from engine.training import lexicons_for
