@@ -249,16 +249,20 @@ class Runner:
         try:
             self.pipelines[info.task].join(batch, [self.rows[k].source for k in keys], keys)
         except Exception as e:
-            self._recover()
             if len(keys) == 1:
+                self._recover()
                 self._fail(keys[0], e)
                 return
-            half = len(keys) // 2
-            self._join(batch, keys[:half])
-            self._join(batch, keys[half:])
+        else:
+            for key in keys:
+                self.rows[key].batch_size = len(batch)
             return
-        for key in keys:
-            self.rows[key].batch_size = len(batch)
+        # Retried only here, past the except block: until it ends, the exception's traceback
+        # holds the failed attempt's tensors (on a GPU that ran out, their memory).
+        self._recover()
+        half = len(keys) // 2
+        self._join(batch, keys[:half])
+        self._join(batch, keys[half:])
 
     def step(self) -> None:
         """One decoding step of every running batch, and one group of beam rows."""
@@ -347,14 +351,14 @@ class Runner:
             generations = self.pipelines[task].generate(task, texts, opts)
             return [_as_dict(g, opts.return_attention) for g in generations]
         except Exception as e:
-            self._recover()
             if len(texts) == 1:
+                self._recover()
                 log.exception("request failed alone in worker on %s", self.device)
                 return [{"error": f"{type(e).__name__}: {e}"}]
-            half = len(texts) // 2
-            return self._split_run(task, texts[:half], opts) + self._split_run(
-                task, texts[half:], opts
-            )
+        # Split past the except block, whose traceback holds the failed attempt's tensors.
+        self._recover()
+        half = len(texts) // 2
+        return self._split_run(task, texts[:half], opts) + self._split_run(task, texts[half:], opts)
 
 
 def _as_dict(generation: Any, with_attention: bool) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from engine.continuous import RunningBatch
 from service.worker_process import Runner
 from service.workers import find_bundles
-from tests.conftest import reversal_pairs
+from tests.conftest import REPO, reversal_pairs
 
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(7, seed=51)]
 
@@ -211,3 +211,40 @@ def test_the_shortlist_setting_reaches_the_workers_bundles(service_bundle_path):
     for task in on.bundles:
         assert on.bundles[task].model.head(task).lexicon is not None
         assert off.bundles[task].model.head(task).lexicon is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_real_cuda_out_of_memory_splits_and_every_row_is_answered():
+    """Greedy rows of the shipped model on a GPU whose memory the worker may use only
+    three quarters of what they took: a step runs out of memory for real, the batch is split
+    until each part's step fits, and every row gets the answer it got with room to spare.
+    (The rows' states stay on the GPU: splitting saves a step's transient memory, not
+    theirs.)"""
+    bundle = REPO / "models" / "hanseq-multitask"
+    runner = Runner("cuda:0", [bundle], 0, "fp16", Pipe())
+    words = ["파일", "문서", "저장", "열기", "닫기", "편집", "보기", "설정", "글꼴", "색상"]
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(1024)]
+
+    def decode(seq: int) -> tuple[list[dict], int]:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        runner.conn = Pipe()
+        runner.handle(("batch", seq, "translate", texts, {"max_length": 40}, []))
+        drain(runner)
+        return runner.conn.results(seq), torch.cuda.max_memory_reserved()
+
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_reserved()
+    roomy, peak = decode(1)
+    recovered, recover = [], runner._recover
+    runner._recover = lambda: (recovered.append(True), recover())[1]  # type: ignore[method-assign]
+    room = base + (peak - base) * 3 // 4
+    torch.cuda.set_per_process_memory_fraction(
+        room / torch.cuda.get_device_properties(0).total_memory
+    )
+    try:
+        tight, _ = decode(2)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert [r.get("text") for r in tight] == [r["text"] for r in roomy]
+    assert recovered  # it did run out, and split
