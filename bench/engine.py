@@ -104,10 +104,13 @@ def main() -> None:
     parser.add_argument(
         "--no-shortlist", action="store_true", help="the whole target vocabulary at every step"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (fp16 weights on CUDA)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.model, shortlist=not args.no_shortlist)
+    bundle = load_bundle(args.model, args.device, shortlist=not args.no_shortlist)
+    if args.device.startswith("cuda"):
+        bundle.model.half()  # as the service's CUDA workers run it
     if args.int8:
         quantize_decoders(bundle.model)
     pipeline = Pipeline.from_bundle(bundle)
@@ -119,7 +122,7 @@ def main() -> None:
         f"bundle {pipeline.targets and args.model} task {args.task}: {len(texts)} inputs, "
         f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}"
         f"{', int8 decoder products' if args.int8 else ''}"
-        f"{', whole vocabulary' if args.no_shortlist else ''}\n"
+        f"{', whole vocabulary' if args.no_shortlist else ''}, on {args.device}\n"
     )
     print(
         table(

@@ -45,23 +45,22 @@ def free_port() -> int:
 
 
 def start_server(
-    model: str, port: int, threads: int, max_batch: int, **settings: str
+    model: str, port: int, threads: int, max_batch: int, devices: str = "cpu", **settings: str
 ) -> subprocess.Popen:
     env = {
         **os.environ,
         "HANSEQ_METRICS_PORT": "-1",
         "HANSEQ_PORT": str(port),
         "HANSEQ_MODELS": model,
-        "HANSEQ_DEVICES": "cpu",
+        "HANSEQ_DEVICES": devices,
         "HANSEQ_CPU_THREADS": str(threads),
         "HANSEQ_MAX_BATCH_SIZE": str(max_batch),
         "HANSEQ_LOG_LEVEL": "WARNING",
         "HANSEQ_MAX_QUEUE_SIZE": "100000",
         **{f"HANSEQ_{k.upper()}": v for k, v in settings.items()},
     }
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "hanseq"), "serve"], env=env, cwd=ROOT
-    )
+    # `hanseq serve`, also where the package is not installed (a GPU machine's own Python)
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, cwd=ROOT)
 
 
 async def wait_ready(channel, seconds: float = 300) -> None:
@@ -101,9 +100,9 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-async def measure(model, task, texts, threads, max_batch, levels, per_client, repeats):
+async def measure(model, task, texts, threads, max_batch, levels, per_client, repeats, devices):
     port = free_port()
-    server = start_server(model, port, threads, max_batch)
+    server = start_server(model, port, threads, max_batch, devices)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
     rows = {}
@@ -127,14 +126,22 @@ async def measure(model, task, texts, threads, max_batch, levels, per_client, re
 
 
 def offline_rate(
-    model: str, task: str, texts: list[str], batch: float, threads: int, repeats: int
+    model: str,
+    task: str,
+    texts: list[str],
+    batch: float,
+    threads: int,
+    repeats: int,
+    device: str = "cpu",
 ) -> float:
     """The engine alone on the same inputs in the same arrival-order batches the server
     forms (a batch is sorted within itself, as a worker does; never across batches)."""
     import torch
 
     torch.set_num_threads(threads)
-    bundle = load_bundle(model)
+    bundle = load_bundle(model, device)
+    if device.startswith("cuda"):
+        bundle.model.half()  # as the server's CUDA workers run it
     size = max(1, round(batch))
     pipeline = Pipeline.from_bundle(bundle, batch_size=size)
     pipeline.warn_truncated = False
@@ -161,23 +168,20 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=8, help="requests per client per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median rate)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
+    parser.add_argument(
+        "--devices", default="cpu", help="the server's HANSEQ_DEVICES (e.g. cuda:0,cuda:0)"
+    )
     args = parser.parse_args()
 
     texts = [e.source for e in read_tsv(Path(args.data))[0][:2000]]
     levels = [int(x) for x in args.levels.split(",")]
-    batched = asyncio.run(
-        measure(
-            args.model, args.task, texts, args.threads, 64, levels, args.per_client, args.repeats
-        )
-    )
-    single = asyncio.run(
-        measure(
-            args.model, args.task, texts, args.threads, 1, levels, args.per_client, args.repeats
-        )
-    )
+    common = (levels, args.per_client, args.repeats, args.devices)
+    batched = asyncio.run(measure(args.model, args.task, texts, args.threads, 64, *common))
+    single = asyncio.run(measure(args.model, args.task, texts, args.threads, 1, *common))
+    device = args.devices.split(",")[0]
     print(
-        f"task {args.task}, greedy, worker torch threads {args.threads}, "
-        f"median of {args.repeats} runs per cell\n"
+        f"task {args.task}, greedy, devices {args.devices}, worker torch threads "
+        f"{args.threads}, median of {args.repeats} runs per cell\n"
     )
     print(
         "| clients | batching req/s | p50 ms | p95 ms | p99 ms | mean batch | "
@@ -187,7 +191,9 @@ def main() -> None:
     for clients in levels:
         rate, p50, p95, p99, batch = batched[clients]
         one = single[clients][0]
-        offline = offline_rate(args.model, args.task, texts, batch, args.threads, args.repeats)
+        offline = offline_rate(
+            args.model, args.task, texts, batch, args.threads, args.repeats, device
+        )
         print(
             f"| {clients} | {rate:,.1f} | {p50:,.1f} | {p95:,.1f} | {p99:,.1f} | {batch:.1f} | "
             f"{one:,.1f} | {rate / one:.1f}x | {offline:,.1f} | {1 - rate / offline:+.0%} |"
