@@ -413,7 +413,9 @@ def lexicons_for(cfg: Config, source: Side, targets: dict[str, Side]) -> dict[st
     out = {}
     for task, target in targets.items():
         if task not in cfg.tasks:
-            raise ConfigurationError(f"tasks: the config has no {task!r}; the bundle has")
+            raise ConfigurationError(
+                f"tasks: the config names no {task!r} task, which the bundle has"
+            )
         path = Trainer._path(cfg.corpora_root(), cfg.tasks[task].train)
         examples = read_tsv(path, cfg.data.strict)[0]
         max_src, max_tgt = cfg.data.max_source_length, cfg.data.max_target_length
