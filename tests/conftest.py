@@ -65,7 +65,8 @@ def toy_config(root: Path, output_dir: Path, **training) -> Config:
             "output_dir": str(output_dir),
             "batch_size": 64,
             "max_steps": 800,
-            "max_minutes": 1.0,
+            "max_minutes": 3.0,  # a guard: 800 steps take ~20 s alone, but a loaded machine
+            # (two test runs at once) once cut it short of learning the task
             "learning_rate": 0.005,
             "warmup_steps": 50,
             "lr_decay": "cosine",  # annealed: a converged toy model, not a lucky one
