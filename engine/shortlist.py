@@ -65,14 +65,13 @@ class RowShortlist:
             used[: len(SPECIALS)] = True
             parts.append((s.columns[used], s.allowed[:, used]))
         columns = torch.unique(torch.cat([parts[0][0], parts[1][0]]))
-        allowed = torch.zeros(
-            a.allowed.size(0) + b.allowed.size(0), columns.numel(), dtype=torch.bool
-        ).to(columns.device)
+        rows = a.allowed.size(0) + b.allowed.size(0)
+        allowed = torch.zeros(rows, columns.numel(), dtype=torch.bool, device=columns.device)
         start = 0
-        for cols, rows in parts:
+        for cols, part in parts:
             where = torch.searchsorted(columns, cols)
-            allowed[start : start + rows.size(0), where] = rows
-            start += rows.size(0)
+            allowed[start : start + part.size(0), where] = part
+            start += part.size(0)
         return RowShortlist(columns, allowed)
 
 
