@@ -190,15 +190,11 @@ def compare(
     torch.set_num_threads(threads)
     bundle = load_bundle(model, shortlist=False)
     pipeline = Pipeline.from_bundle(bundle)
-    quantized = copy.deepcopy(bundle)
-    quantize_decoders(quantized.model)
-    systems = {"hanseq": pipeline, "hanseq int8": Pipeline.from_bundle(quantized)}
+    systems = {"hanseq": pipeline, "hanseq int8": _int8(bundle)}
     shortlisted = load_bundle(model)
     if shortlisted.model.head(TASK).lexicon is not None:
         systems["hanseq shortlist"] = Pipeline.from_bundle(shortlisted)
-        shortlisted_int8 = copy.deepcopy(shortlisted)
-        quantize_decoders(shortlisted_int8.model)
-        systems["hanseq shortlist int8"] = Pipeline.from_bundle(shortlisted_int8)
+        systems["hanseq shortlist int8"] = _int8(shortlisted)
     sources = (work / "valid.src").read_text().splitlines()
     cfg_valid = [line.split("\t") for line in (work / "valid.raw").read_text().splitlines()]
     n = min(limit or len(sources), len(sources))
@@ -224,6 +220,13 @@ def compare(
         rows += [(beam, name, outputs[name], statistics.median(seconds[name])) for name in seconds]
     params = {"hanseq": _hanseq_params(bundle), "OpenNMT-py": _onmt_params(checkpoint)}
     print(_table(rows, refs, params, n, threads, alpha, repeats))
+
+
+def _int8(bundle) -> Pipeline:
+    """A pipeline over an int8 copy of ``bundle``'s model (the fp32 one stays as it is)."""
+    quantized = copy.deepcopy(bundle)
+    quantize_decoders(quantized.model)
+    return Pipeline.from_bundle(quantized)
 
 
 def step_cost(model: Path, work: Path, src_len: int, tgt_len: int) -> None:
