@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig, TokenizerConfig, from_dict
 from engine.copy import copy_maps
+from engine.dialogue import MARK_PATTERN, MARKS, USER_MARK, split_marks
 from engine.heads import Seq2Seq, build_model
+from engine.options import InvalidOptions, decoding_defaults
 from engine.shortlist import LexicalTable
 from engine.tokenizers import Tokenizer, build_tokenizer
 from engine.vocabulary import Vocabulary
@@ -39,6 +41,16 @@ class Side:
 
     tokenizer: Tokenizer
     vocab: Vocabulary
+
+    def tokenize(self, text: str) -> list[str]:
+        """Text -> tokens; where the vocabulary has the dialogue speaker marks (a bundle
+        trained with context), a mark in the text stays one token."""
+        if USER_MARK not in self.vocab.stoi or not MARK_PATTERN.search(text):
+            return self.tokenizer.tokenize(text)
+        tokens: list[str] = []
+        for part in split_marks(text):
+            tokens += [part] if part in MARKS else self.tokenizer.tokenize(part)
+        return tokens
 
     def save(self, directory: Path, stem: str) -> dict[str, Any]:
         self.vocab.save(directory / f"{stem}.vocab")
@@ -72,6 +84,18 @@ class Bundle:
     @property
     def tasks(self) -> list[str]:
         return list(self.targets)
+
+    def decoding(self, task: str) -> dict[str, float | int]:
+        """The task's default decoding options (manifest ``tasks.<task>.decoding``), checked."""
+        raw = self.manifest.get("tasks", {}).get(task, {}).get("decoding")
+        try:
+            return decoding_defaults(raw)
+        except InvalidOptions as e:
+            raise BundleError(f"{self.path / MANIFEST}: tasks.{task}: {e}") from None
+
+    def context_turns(self, task: str) -> int:
+        """Turns of history the task's source was trained with (0: the message alone)."""
+        return int(self.manifest.get("tasks", {}).get(task, {}).get("context_turns", 0))
 
 
 def save_bundle(

@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -26,7 +27,12 @@ EXIT_USAGE = 2
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
-    g.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default 1)")
+    g.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="beam size; 1 = greedy (default: the bundle's for the task, else 1)",
+    )
     g.add_argument("--n-best", type=int, default=1, help="hypotheses per input (generate --json)")
     g.add_argument(
         "--max-length",
@@ -38,14 +44,14 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--length-penalty",
         type=float,
-        default=0.0,
-        help="GNMT length penalty alpha; 0 = raw log-probability (default 0)",
+        default=None,
+        help="GNMT length penalty alpha; 0 = raw log-probability (default: the bundle's, else 0)",
     )
     g.add_argument(
         "--no-repeat-ngram",
         type=int,
-        default=0,
-        help="never repeat an n-gram of this size (default 0: off)",
+        default=None,
+        help="never repeat an n-gram of this size (default: the bundle's, else 0: off)",
     )
     g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -98,6 +104,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="TSV: source<TAB>target[<TAB>origin]")
     p.add_argument("--max-examples", type=int, default=0, help="only the first N (0: all)")
     p.add_argument("--by-origin", action="store_true", help="also score each origin apart")
+    p.add_argument(
+        "--context",
+        metavar="JSONL",
+        help="respond: the history of multi-turn pairs (e.g. dialogue-ko/valid.context.jsonl), "
+        "read as the bundle was trained to (its context_turns)",
+    )
     _search_flags(p)
     _add_export(sub)
 
@@ -115,6 +127,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "config names (default: keep the bundle's own, if any)",
     )
     short.add_argument("--no-shortlist", action="store_true", help="leave the shortlist tables out")
+    p.add_argument(
+        "--decoding",
+        action="append",
+        default=[],
+        metavar="TASK:KEY=VALUE[,KEY=VALUE]",
+        help="set a task's default decoding options (beam_size, length_penalty, "
+        "no_repeat_ngram), used where a request sets none; TASK:none clears them. Repeatable.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from engine.bundle import BundleError
     from engine.data import DataError
+    from engine.dialogue import ContextError
     from engine.options import InvalidOptions
     from engine.pipeline import UnknownTask
 
@@ -141,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         ConfigurationError,
         BundleError,
         DataError,
+        ContextError,
         UnknownTask,
         InvalidOptions,
         FileNotFoundError,
@@ -163,16 +185,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(args: argparse.Namespace, max_length: int):
+def _options(args: argparse.Namespace, max_length: int, defaults: dict[str, Any]):
+    """Flags -> SearchOptions; an unset flag takes the bundle's default for the task (with
+    --sample the beam stays 1: sampling draws one hypothesis)."""
     from engine.options import SearchOptions
 
+    def pick(flag: str, key: str, fallback: Any) -> Any:
+        value = getattr(args, flag)
+        return value if value is not None else defaults.get(key, fallback)
+
+    beam = args.beam if args.beam is not None else (1 if args.sample else None)
     return SearchOptions(
-        beam_size=args.beam,
+        beam_size=beam if beam is not None else int(defaults.get("beam_size", 1)),
         n_best=args.n_best,
         max_length=args.max_length or max_length,
         min_length=args.min_length,
-        length_penalty=args.length_penalty,
-        no_repeat_ngram=args.no_repeat_ngram,
+        length_penalty=pick("length_penalty", "length_penalty", 0.0),
+        no_repeat_ngram=pick("no_repeat_ngram", "no_repeat_ngram", 0),
         sampling=args.sample,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -197,7 +226,8 @@ def _pipeline(args: argparse.Namespace):
             raise SystemExit(f"hanseq: --int8: {e}") from None
     pipeline = Pipeline.from_bundle(bundle, args.batch_size)
     pipeline.check_task(args.task)
-    return bundle, pipeline, _options(args, bundle.manifest.get("max_target_length", 100))
+    max_length = bundle.manifest.get("max_target_length", 100)
+    return bundle, pipeline, _options(args, max_length, bundle.decoding(args.task))
 
 
 def _run(pipeline, task: str, texts: list[str], opts, desc: str):
@@ -237,6 +267,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     bundle, pipeline, opts = _pipeline(args)
     examples, report = read_tsv(Path(args.data))
+    if args.context:
+        from engine.data import with_context
+        from engine.dialogue import read_histories
+
+        turns = bundle.context_turns(args.task)
+        examples = with_context(examples, read_histories(Path(args.context)), turns)[0]
     examples = examples[: args.max_examples or None]
     started = time.perf_counter()
     outputs = _run(pipeline, args.task, [ex.source for ex in examples], opts, "eval")
@@ -249,7 +285,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "data": args.data,
         "examples": len(examples),
         "skipped_lines": report.skipped,
-        "beam": args.beam,
+        "beam": opts.beam_size,
+        "length_penalty": opts.length_penalty,
+        "no_repeat_ngram": opts.no_repeat_ngram,
         **task_scores(args.task, hyps, [e.target for e in examples]),
         "sentences_per_second": len(examples) / seconds if seconds else 0.0,
     }
@@ -294,6 +332,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         t: {k: v for k, v in e.items() if k not in ("tokenizer", "files", "shortlist")}
         for t, e in bundle.manifest["tasks"].items()
     }
+    for task, decoding in _decoding_flags(args.decoding, bundle.tasks).items():
+        info["tasks"][task].pop("decoding", None)
+        if decoding:
+            info["tasks"][task]["decoding"] = decoding
     dtype = torch.float16 if args.fp16 else torch.float32
     save_bundle(
         output, bundle.model, bundle.model_cfg, bundle.source, bundle.targets, info, dtype, lexicons
@@ -303,6 +345,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     tables = f", shortlist tables for {', '.join(lexicons)}" if lexicons else ""
     print(f"wrote {output} ({size:.1f} MB of weights, {str(dtype).split('.')[-1]}{tables})")
     return 0
+
+
+def _decoding_flags(flags: list[str], tasks: list[str]) -> dict[str, dict[str, float | int]]:
+    """``TASK:KEY=VALUE,...`` flags -> checked defaults per task ({} for ``TASK:none``)."""
+    from engine.options import InvalidOptions, decoding_defaults
+
+    out = {}
+    for flag in flags:
+        task, _, spec = flag.partition(":")
+        if task not in tasks:
+            raise InvalidOptions(f"--decoding {flag}: the bundle has no task {task!r}")
+        try:
+            pairs = [] if spec == "none" else [p.split("=", 1) for p in spec.split(",")]
+            raw = {k.strip(): float(v) if "." in v else int(v) for k, v in pairs}
+        except ValueError:
+            raise InvalidOptions(
+                f"--decoding {flag}: expected TASK:KEY=VALUE[,KEY=VALUE]"
+            ) from None
+        out[task] = decoding_defaults(raw)
+    return out
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}

@@ -37,6 +37,9 @@ class TaskConfig:
     weight: float = 1.0  # how often this task's batches are drawn in multi-task training
     origin_weights: dict[str, float] = field(default_factory=dict)  # per-origin sampling weight
     metric: Literal["bleu", "chrf", "rouge_l"] | None = None  # None: bleu for translate
+    context_turns: int = 0  # > 0: the source holds the last N turns before it (engine/dialogue)
+    train_context: str = ""  # *.context.jsonl: the history of each multi-turn train pair
+    valid_context: str = ""  # the same for the valid split
 
 
 @dataclass
@@ -186,6 +189,13 @@ def validate(cfg: Config) -> None:
             raise ConfigurationError(f"tasks.{name}.train: a training file is required")
         if task.weight <= 0:
             raise ConfigurationError(f"tasks.{name}.weight: must be > 0")
+        if task.context_turns < 0:
+            raise ConfigurationError(f"tasks.{name}.context_turns: must be >= 0")
+        if task.context_turns and not task.train_context:
+            raise ConfigurationError(
+                f"tasks.{name}.train_context: context_turns needs the multi-turn history "
+                "(a *.context.jsonl file)"
+            )
     _positive(cfg.model, "model", ["embedding_dim", "hidden_size", "encoder_layers"])
     _positive(cfg.training, "training", ["batch_size", "max_steps", "valid_every"])
     _positive(cfg.data, "data", ["max_source_length", "max_target_length"])

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.bundle import Side
+from engine.dialogue import Turn, source_text
 from engine.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,21 @@ def _parse(raw: bytes) -> tuple[Example | None, str]:
     return Example(source, target, origin), ""
 
 
+def with_context(
+    examples: list[Example], histories: dict[tuple[str, str], list[Turn]], turns: int
+) -> tuple[list[Example], int]:
+    """Each example whose (source, target) has a recorded history gets the dialogue source
+    (engine/dialogue); the others keep theirs. Returns the examples and how many changed."""
+    out, changed = [], 0
+    for ex in examples:
+        history = histories.get((ex.source, ex.target))
+        if history:
+            ex = Example(source_text(history, ex.source, turns), ex.target, ex.origin)
+            changed += 1
+        out.append(ex)
+    return out, changed
+
+
 def fingerprint(paths: list[Path]) -> str:
     """SHA-256 over the training files: which data a bundle was trained on."""
     digest = hashlib.sha256()
@@ -112,7 +128,7 @@ def encode(
 ) -> Encoded:
     out = Encoded([], [], [])
     for ex in examples:
-        src = source.vocab.encode(source.tokenizer.tokenize(ex.source))
+        src = source.vocab.encode(source.tokenize(ex.source))
         tgt = target.vocab.encode(target.tokenizer.tokenize(ex.target))
         if not src or not tgt:  # e.g. a side of only spaces
             continue

@@ -48,6 +48,27 @@ class SearchOptions:
                 raise InvalidOptions(message)
 
 
+# Options a bundle may set per task (manifest ``tasks.<task>.decoding``), applied wherever a
+# request leaves them unset: the deterministic ones only, so a default reply stays cacheable.
+DEFAULTABLE = ("beam_size", "length_penalty", "no_repeat_ngram")
+
+
+def decoding_defaults(raw: object) -> dict[str, float | int]:
+    """A manifest's ``decoding`` mapping, checked: known keys, numbers in range."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict) or any(k not in DEFAULTABLE for k in raw):
+        raise InvalidOptions(f"decoding defaults: only {', '.join(DEFAULTABLE)} may be set")
+    out: dict[str, float | int] = {}
+    for key, value in raw.items():
+        kind = float if key == "length_penalty" else int
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidOptions(f"decoding defaults: {key} must be a number, got {value!r}")
+        out[key] = kind(value)
+    SearchOptions(**out).validate()  # type: ignore[arg-type]
+    return out
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]  # target ids, without BOS and EOS

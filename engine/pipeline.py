@@ -165,7 +165,7 @@ class Pipeline:
         return src.to(self.device), src_len.to(self.device)
 
     def tokenize(self, texts: list[str]) -> list[list[str]]:
-        return [self.source.tokenizer.tokenize(t) for t in texts]
+        return [self.source.tokenize(t) for t in texts]
 
     def join(self, running: RunningBatch, sources: list[list[str]], keys: list[int]) -> None:
         """Tokenized (non-empty) inputs join a running batch under the caller's ``keys``."""

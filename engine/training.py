@@ -26,7 +26,17 @@ from engine import distributed as dist_utils
 from engine.bundle import Side, save_bundle
 from engine.config import Config, ConfigurationError
 from engine.copy import copy_maps
-from engine.data import BatchStream, DataError, Encoded, Example, encode, fingerprint, read_tsv
+from engine.data import (
+    BatchStream,
+    DataError,
+    Encoded,
+    Example,
+    encode,
+    fingerprint,
+    read_tsv,
+    with_context,
+)
+from engine.dialogue import MARKS, read_histories, split_marks
 from engine.heads import Seq2Seq, build_model
 from engine.metrics import task_scores
 from engine.options import SearchOptions
@@ -34,7 +44,7 @@ from engine.pipeline import Pipeline
 from engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from engine.shortlist import LexicalTable
 from engine.tokenizers import build_tokenizer
-from engine.vocabulary import PAD_ID
+from engine.vocabulary import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +121,13 @@ class Trainer:
             if report.skipped and self.ctx.is_main:
                 tqdm.write(f"warning: {report.summary()}")
             valid_ex = read_tsv(self._path(root, tcfg.valid), strict)[0] if tcfg.valid else []
-            raw[task] = (train_ex, valid_ex, [train_path])
+            files = [train_path]
+            if tcfg.context_turns:
+                train_ex = self._context(task, train_ex, self._path(root, tcfg.train_context))
+                files.append(self._path(root, tcfg.train_context))
+                if tcfg.valid_context:
+                    valid_ex = self._context(task, valid_ex, self._path(root, tcfg.valid_context))
+            raw[task] = (train_ex, valid_ex, files)
         source, targets = self._tokenizers(raw)
         data = {}
         for task, (train_ex, valid_ex, files) in raw.items():
@@ -129,6 +145,14 @@ class Trainer:
                 )
             data[task] = TaskData(enc, valid_ex, files)
         return source, targets, data
+
+    def _context(self, task: str, examples: list[Example], path: Path) -> list[Example]:
+        """Multi-turn pairs get their history as speaker-marked source (engine/dialogue)."""
+        turns = self.cfg.tasks[task].context_turns
+        examples, changed = with_context(examples, read_histories(path), turns)
+        if self.ctx.is_main:
+            tqdm.write(f"{task}: {changed} of {len(examples)} pairs read with their history")
+        return examples
 
     @staticmethod
     def _path(root: Path, name: str) -> Path:
@@ -149,7 +173,11 @@ class Trainer:
             vocab_dir.mkdir(parents=True, exist_ok=True)
             sources = [ex.source for train, _, _ in raw.values() for ex in train]
             src_tok = build_tokenizer(self.cfg.source)
-            Side(src_tok, src_tok.fit(sources)).save(vocab_dir, "source")
+            # Speaker marks are tokens of their own, never learnt as text (engine/dialogue).
+            vocab = src_tok.fit(part for s in sources for part in split_marks(s))
+            if any(t.context_turns for t in self.cfg.tasks.values()):
+                vocab = Vocabulary([*vocab.itos, *MARKS])
+            Side(src_tok, vocab).save(vocab_dir, "source")
             for task, (train, _, _) in raw.items():
                 tok = build_tokenizer(self.cfg.tasks[task].target)
                 Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
@@ -250,7 +278,7 @@ class Trainer:
         opts = SearchOptions(max_length=self.cfg.data.max_target_length)
         scores = {}
         for task, data in self.tasks.items():
-            examples = data.valid[: self.t.valid_max_examples or None]
+            examples = valid_subset(data.valid, self.t.valid_max_examples)
             if not examples:
                 continue
             outputs = pipeline.generate(task, [ex.source for ex in examples], opts)
@@ -383,7 +411,12 @@ class Trainer:
                 "data_files": [f.name for f in files],
             },
             "tasks": {
-                t: {"metric": self.cfg.task_metric(t), "valid_scores": s} for t, s in scores.items()
+                t: {
+                    "metric": self.cfg.task_metric(t),
+                    "valid_scores": s,
+                    "context_turns": self.cfg.tasks[t].context_turns,
+                }
+                for t, s in scores.items()
             },
         }
         lexicons = {
@@ -400,6 +433,23 @@ class Trainer:
         )
         tqdm.write(f"bundle written to {bundle}")
         return bundle
+
+
+def valid_subset(examples: list[Example], limit: int) -> list[Example]:
+    """At most ``limit`` valid examples (0: all), taken from every origin in turn: a split's
+    first lines are often one origin (v1's), and model selection must see all of them."""
+    if not limit or limit >= len(examples):
+        return examples
+    by_origin: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_origin.setdefault(ex.origin, []).append(ex)
+    queues = list(by_origin.values())
+    picked: list[Example] = []
+    for i in range(max(len(q) for q in queues)):
+        picked += [q[i] for q in queues if i < len(q)]
+        if len(picked) >= limit:
+            break
+    return picked[:limit]
 
 
 def lexicon(train: Encoded, source: Side, target: Side) -> LexicalTable:

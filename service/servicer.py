@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from engine.dialogue import Turn, source_text
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from service.batcher import Batcher, Outcome, Request
@@ -218,14 +219,16 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             self._check_text(turn.text, f"history[{i}].text")
         self._check_text(request.message, "message")
         context_turns = self.pool.tasks.get("respond", {}).get("context_turns", 0)
-        used = [t.text for t in turns[-context_turns:]] if context_turns else []
-        return " ".join([*used, request.message])
+        history = [Turn(t.text, t.from_user) for t in turns]
+        return source_text(history, request.message, context_turns)
 
     def _options(self, o: pb.DecodingOptions, task: str) -> dict[str, Any]:
         """DecodingOptions -> engine SearchOptions fields; INVALID_ARGUMENT names the field."""
         s = self.settings
-        default_max = min(self.pool.tasks[task]["max_target_length"], s.max_output_length)
-        beam = _get(o, "beam_size", s.default_beam_size)
+        info = self.pool.tasks[task]
+        default_max = min(info["max_target_length"], s.max_output_length)
+        defaults = self._defaults(task)
+        beam = _get(o, "beam_size", 1 if o.sample else defaults["beam_size"])
         options = {
             "beam_size": _in_range("options.beam_size", beam, 1, s.max_beam_size),
             "n_best": _in_range("options.n_best", _get(o, "n_best", 1), 1, min(beam, s.max_n_best)),
@@ -233,10 +236,16 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 "options.max_length", _get(o, "max_length", default_max), 1, s.max_output_length
             ),
             "length_penalty": _finite(
-                "options.length_penalty", _get(o, "length_penalty", 0.0), 0.0, 5.0
+                "options.length_penalty",
+                _get(o, "length_penalty", defaults["length_penalty"]),
+                0.0,
+                5.0,
             ),
             "no_repeat_ngram": _in_range(
-                "options.no_repeat_ngram", _get(o, "no_repeat_ngram", 0), 0, 10
+                "options.no_repeat_ngram",
+                _get(o, "no_repeat_ngram", defaults["no_repeat_ngram"]),
+                0,
+                10,
             ),
             "sampling": o.sample,
             "return_attention": o.return_attention,
@@ -260,6 +269,17 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             options["seed"] = o.seed if o.HasField("seed") else None
         return options
 
+    def _defaults(self, task: str) -> dict[str, Any]:
+        """What an unset option decodes with: the bundle's choice for the task (its beam
+        capped at max_beam_size), unless the server's default_beam_size is set."""
+        bundle = self.pool.tasks[task].get("decoding", {})
+        beam = min(int(bundle.get("beam_size", 1)), self.settings.max_beam_size)
+        return {
+            "beam_size": self.settings.default_beam_size or beam,
+            "length_penalty": float(bundle.get("length_penalty", 0.0)),
+            "no_repeat_ngram": int(bundle.get("no_repeat_ngram", 0)),
+        }
+
     def _task_infos(self) -> list[pb.TaskInfo]:
         return [
             pb.TaskInfo(
@@ -268,6 +288,8 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 model_version=i["model_version"],
                 metric=i["metric"],
                 valid_scores=_numbers(i["valid_scores"]),
+                context_turns=i.get("context_turns", 0),
+                defaults=pb.DecodingOptions(**self._defaults(task)),
             )
             for task, i in self.pool.tasks.items()
         ]

@@ -58,7 +58,9 @@ class Settings:
     max_output_length: int = _f(256, "largest max_length (output tokens) a request may ask for")
     max_batch_items: int = _f(256, "texts in one GenerateBatch call at most")
     max_history_turns: int = _f(32, "turns of history in one Respond call at most")
-    default_beam_size: int = _f(1, "beam_size of a request that sets none")
+    default_beam_size: int = _f(
+        0, "beam_size of a request that sets none (0: the bundle's default for the task, else 1)"
+    )
     grace_period_s: float = _f(10.0, "on SIGTERM, how long in-flight requests may finish")
     worker_start_timeout_s: float = _f(300.0, "how long a worker may take to load and warm up")
     max_message_bytes: int = _f(4 * 1024 * 1024, "largest gRPC message, in and out")
@@ -184,8 +186,8 @@ def validate(s: Settings) -> None:
         raise ConfigurationError(
             "max_queue_delay_ms, join_delay_ms and grace_period_s must be >= 0"
         )
-    if not 1 <= s.default_beam_size <= s.max_beam_size:
-        raise ConfigurationError("default_beam_size must be in 1..max_beam_size")
+    if not 0 <= s.default_beam_size <= s.max_beam_size:
+        raise ConfigurationError("default_beam_size must be in 0..max_beam_size")
     if s.caller_rate_per_s < 0 or s.caller_burst < 0 or s.caller_concurrency < 0:
         raise ConfigurationError(
             "caller_rate_per_s, caller_burst and caller_concurrency must be >= 0"

@@ -153,7 +153,8 @@ class Runner:
                 "model_version": bundle.version,
                 "metric": entry.get("metric", ""),
                 "valid_scores": entry.get("valid_scores", {}),
-                "context_turns": int(entry.get("context_turns", 0)),
+                "context_turns": bundle.context_turns(task),
+                "decoding": bundle.decoding(task),
                 "max_target_length": int(bundle.manifest.get("max_target_length", 100)),
             }
         return out

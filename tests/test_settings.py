@@ -33,7 +33,7 @@ def test_precedence_file_then_env_then_flags(tmp_path):
         ({"HANSEQ_PORT": "http"}, "HANSEQ_PORT: 'http' is not a valid int for port"),
         ({"HANSEQ_REFLECTION": "maybe"}, "HANSEQ_REFLECTION"),
         ({"HANSEQ_MAX_BATCH_SIZE": "0"}, "max_batch_size (HANSEQ_MAX_BATCH_SIZE) must be > 0"),
-        ({"HANSEQ_DEFAULT_BEAM_SIZE": "99"}, "default_beam_size must be in 1..max_beam_size"),
+        ({"HANSEQ_DEFAULT_BEAM_SIZE": "99"}, "default_beam_size must be in 0..max_beam_size"),
         ({"HANSEQ_CONFIG": "/nonexistent.yaml"}, "HANSEQ_CONFIG: /nonexistent.yaml not found"),
     ],
 )

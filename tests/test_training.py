@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.bundle import WEIGHTS, load_bundle
+from engine.distributed import autocast_dtype, cpu_has_bf16
 from engine.training import History, average_checkpoints, train
 from tests.conftest import toy_config
 
@@ -59,3 +60,26 @@ def test_checkpoint_averaging_is_the_mean(tmp_path):
 def test_history_counts_validations_since_the_best():
     h = History([{"score": 1.0}, {"score": 3.0}, {"score": 2.0}, {"score": 2.5}])
     assert h.best() == 3.0 and h.since_best() == 2
+
+
+def test_bf16_autocast_trains_on_any_cpu(toy_corpus, tmp_path):
+    """``mixed_precision: bf16`` on a CPU: the path runs (emulated where the CPU lacks bf16,
+    fast with AMX / AVX512-BF16) and the loss is a number."""
+    cfg = toy_config(toy_corpus, tmp_path / "bf16", **{**SHORT, "mixed_precision": "bf16"})
+    train(cfg, resume=False)
+    losses = [r["train_loss"] for r in log_of(tmp_path / "bf16") if r["event"] == "validation"]
+    assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
+
+
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(tmp_path):
+    cpu = torch.device("cpu")
+    for flags, expected in [
+        ("fpu avx2 fma", None),
+        ("fpu avx512f amx_bf16 amx_tile", torch.bfloat16),
+    ]:
+        info = tmp_path / f"cpuinfo-{len(flags)}"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert (torch.bfloat16 if cpu_has_bf16(str(info)) else None) == expected
+    assert autocast_dtype("off", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp16", cpu) is None  # fp16 autocast is CUDA only
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_bf16() else None)

@@ -336,11 +336,20 @@ def run_models(client: Client, args: argparse.Namespace) -> int:
 
 
 def _models_table(models: Models) -> str:
-    rows = [("task", "model", "version", "metric", "valid score")]
+    rows = [("task", "model", "version", "metric", "valid score", "context", "defaults")]
     for t in models.tasks:
         score = t.valid_scores.get(t.metric)
+        defaults = ",".join(f"{k}={v:g}" for k, v in t.defaults.items())
         rows.append(
-            (t.task, t.model_id, t.model_version, t.metric, "" if score is None else f"{score:.2f}")
+            (
+                t.task,
+                t.model_id,
+                t.model_version,
+                t.metric,
+                "" if score is None else f"{score:.2f}",
+                f"{t.context_turns} turns" if t.context_turns else "none",
+                defaults,
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [

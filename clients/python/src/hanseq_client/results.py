@@ -71,6 +71,8 @@ class ModelInfo:
     model_version: str
     metric: str  # the task's validation metric
     valid_scores: dict[str, float] = field(default_factory=dict)
+    context_turns: int = 0  # respond: turns of history the model reads (0: the message only)
+    defaults: dict[str, float] = field(default_factory=dict)  # options an unset field takes
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,16 @@ def update_from_pb(reply: pb.GenerateStreamResponse, total_ms: float) -> StreamU
 
 def task_from_pb(info: pb.TaskInfo) -> ModelInfo:
     scores = dict(sorted(info.valid_scores.items()))
-    return ModelInfo(info.task, info.model_id, info.model_version, info.metric, scores)
+    defaults = {f.name: v for f, v in info.defaults.ListFields()}
+    return ModelInfo(
+        info.task,
+        info.model_id,
+        info.model_version,
+        info.metric,
+        scores,
+        info.context_turns,
+        defaults,
+    )
 
 
 def models_from_pb(reply: pb.ListModelsResponse) -> Models:
