@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 PROTO := proto/hanseq/v1/hanseq.proto
-GEN := gen/hanseq/v1/hanseq_pb2.py
+GEN := hanseq/v1/hanseq_pb2.py
 GRPC_TOOLS := grpcio-tools==1.85.1
 
 .PHONY: serve test lint system-deps test-system-deps install gen clean peer-venv
@@ -17,7 +17,7 @@ GRPC_TOOLS := grpcio-tools==1.85.1
 serve: $(STAMP)
 	$(BIN)/hanseq serve
 
-LINTED := engine service tests bench clients/python
+LINTED := hanseq tests bench clients/python
 
 test: $(STAMP) test-system-deps
 	$(BIN)/ruff check $(LINTED)
@@ -66,14 +66,14 @@ $(PEER_VENV)/.installed: bench/peer/requirements.txt | system-deps
 	$(PEER_VENV)/bin/pip install -q -r bench/peer/requirements.txt
 	touch $@
 
-# Python stubs (+ .pyi types) from the .proto: built, never committed.
+# Python stubs (+ .pyi types) from the .proto, into the package as hanseq.v1: built, never
+# committed.
 gen: $(GEN)
 $(GEN): $(PROTO)
-	mkdir -p gen/hanseq/v1
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=gen --pyi_out=gen \
-	  --grpc_python_out=gen $(PROTO)
-	touch gen/hanseq/__init__.py gen/hanseq/v1/__init__.py
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
+	  --grpc_python_out=. $(PROTO)
+	touch hanseq/v1/__init__.py
 
 clean:
-	rm -rf $(VENV) build gen *.egg-info clients/python/src/hanseq_client/_proto \
+	rm -rf $(VENV) build hanseq/v1 *.egg-info clients/python/src/hanseq_client/_proto \
 	  clients/python/build clients/python/src/*.egg-info

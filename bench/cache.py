@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serve import free_port, pct, start_server, wait_ready  # noqa: E402
-from engine.data import read_tsv  # noqa: E402
+from hanseq.engine.data import read_tsv  # noqa: E402
 from hanseq.v1 import hanseq_pb2 as pb  # noqa: E402
 from hanseq.v1 import hanseq_pb2_grpc  # noqa: E402
 

@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import korean  # noqa: E402
-from engine.bundle import load_bundle  # noqa: E402
-from engine.data import read_tsv  # noqa: E402
-from engine.options import SearchOptions  # noqa: E402
-from engine.pipeline import Pipeline  # noqa: E402
-from engine.quantize import quantize_decoders  # noqa: E402
+from hanseq.engine import korean  # noqa: E402
+from hanseq.engine.bundle import load_bundle  # noqa: E402
+from hanseq.engine.data import read_tsv  # noqa: E402
+from hanseq.engine.options import SearchOptions  # noqa: E402
+from hanseq.engine.pipeline import Pipeline  # noqa: E402
+from hanseq.engine.quantize import quantize_decoders  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.bundle import load_bundle  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.data import read_tsv  # noqa: E402
-from engine.metrics import task_scores  # noqa: E402
-from engine.options import SearchOptions  # noqa: E402
-from engine.pipeline import Pipeline  # noqa: E402
+from hanseq.engine.bundle import load_bundle  # noqa: E402
+from hanseq.engine.config import load_config  # noqa: E402
+from hanseq.engine.data import read_tsv  # noqa: E402
+from hanseq.engine.metrics import task_scores  # noqa: E402
+from hanseq.engine.options import SearchOptions  # noqa: E402
+from hanseq.engine.pipeline import Pipeline  # noqa: E402
 
 
 def timed(pipeline: Pipeline, task: str, texts: list[str], opts, repeats: int):

@@ -28,10 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.bundle import load_bundle  # noqa: E402
-from engine.data import read_tsv  # noqa: E402
-from engine.options import SearchOptions  # noqa: E402
-from engine.pipeline import Pipeline  # noqa: E402
+from hanseq.engine.bundle import load_bundle  # noqa: E402
+from hanseq.engine.data import read_tsv  # noqa: E402
+from hanseq.engine.options import SearchOptions  # noqa: E402
+from hanseq.engine.pipeline import Pipeline  # noqa: E402
 from hanseq.v1 import hanseq_pb2 as pb  # noqa: E402
 from hanseq.v1 import hanseq_pb2_grpc  # noqa: E402
 
@@ -60,7 +60,9 @@ def start_server(
         **{f"HANSEQ_{k.upper()}": v for k, v in settings.items()},
     }
     # `hanseq serve`, also where the package is not installed (a GPU machine's own Python)
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hanseq.service.cli", "serve"], env=env, cwd=ROOT
+    )
 
 
 async def wait_ready(channel, seconds: float = 300) -> None:

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serve import free_port  # noqa: E402
-from engine.data import read_tsv  # noqa: E402
+from hanseq.engine.data import read_tsv  # noqa: E402
 from hanseq_client import AsyncClient, HanseqError  # noqa: E402
 
 CORPORA = Path(os.environ.get("HANSEQ_CORPORA") or ROOT.parent / "shared" / "corpora")

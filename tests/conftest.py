@@ -19,11 +19,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.bundle import Bundle, load_bundle
-from engine.config import Config, TaskConfig, from_dict
-from engine.pipeline import Pipeline
-from engine.training import train
-from service.settings import load_settings
+from hanseq.engine.bundle import Bundle, load_bundle
+from hanseq.engine.config import Config, TaskConfig, from_dict
+from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.training import train
+from hanseq.service.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = [

@@ -10,13 +10,13 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from engine.config import ConfigurationError
+from hanseq.engine.config import ConfigurationError
+from hanseq.service.auth import load_tokens, token_ok
+from hanseq.service.server import create_app
+from hanseq.service.settings import load_settings
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from hanseq_client import NO_RETRY, TLS, AsyncClient, Unauthenticated, Unavailable
-from service.auth import load_tokens, token_ok
-from service.server import create_app
-from service.settings import load_settings
 from tests.conftest import make_certificates, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from engine.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
-from engine.options import SearchOptions
-from engine.pipeline import Pipeline
+from hanseq.engine.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
+from hanseq.engine.options import SearchOptions
+from hanseq.engine.pipeline import Pipeline
 from tests.conftest import reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(20, seed=5)]
@@ -106,7 +106,7 @@ def test_not_a_bundle(tmp_path):
 
 def test_the_shipped_models_load_and_serve_every_task():
     """What `make serve` serves: verified, loadable, three heads that answer."""
-    from service.workers import find_bundles
+    from hanseq.service.workers import find_bundles
     from tests.conftest import REPO
 
     (path,) = find_bundles(REPO / "models")

@@ -16,11 +16,11 @@ import pytest_asyncio
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from hanseq.service.cache import LocalCache, cache_key, cacheable, redacted
+from hanseq.service.server import create_app
+from hanseq.service.settings import load_settings
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
-from service.cache import LocalCache, cache_key, cacheable, redacted
-from service.server import create_app
-from service.settings import load_settings
 from tests.conftest import RedisServer, reversal_pairs
 
 ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")  # the fixture's loop

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.bundle import load_bundle
-from engine.pipeline import Pipeline
+from hanseq.engine.bundle import load_bundle
+from hanseq.engine.pipeline import Pipeline
 from tests.conftest import REPO, reversal_pairs
 
 BIN = Path(sys.executable).parent

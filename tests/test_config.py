@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import yaml
 
-from engine.config import ConfigurationError, load_config
+from hanseq.engine.config import ConfigurationError, load_config
 from tests.conftest import REPO
 
 GOOD = """

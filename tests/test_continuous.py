@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.continuous import RunningBatch
-from engine.options import InvalidOptions, SearchOptions
-from engine.pipeline import Pipeline
+from hanseq.engine.continuous import RunningBatch
+from hanseq.engine.options import InvalidOptions, SearchOptions
+from hanseq.engine.pipeline import Pipeline
 from tests.conftest import encode_texts, reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(30, seed=21)]

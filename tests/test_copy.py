@@ -8,14 +8,14 @@ import random
 import pytest
 import torch
 
-from engine.bundle import load_bundle
-from engine.config import ModelConfig
-from engine.copy import NOT_COPYABLE, CopySources, copy_map
-from engine.heads import build_model
-from engine.pipeline import Pipeline
-from engine.search import SearchOptions, search
-from engine.training import train
-from engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from hanseq.engine.bundle import load_bundle
+from hanseq.engine.config import ModelConfig
+from hanseq.engine.copy import NOT_COPYABLE, CopySources, copy_map
+from hanseq.engine.heads import build_model
+from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.search import SearchOptions, search
+from hanseq.engine.training import train
+from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from tests.conftest import toy_config
 
 

@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from engine.bundle import Side
-from engine.config import TokenizerConfig
-from engine.data import BatchStream, DataError, Encoded, encode, read_tsv
-from engine.tokenizers import build_tokenizer
-from engine.vocabulary import BOS_ID, EOS_ID, PAD_ID
+from hanseq.engine.bundle import Side
+from hanseq.engine.config import TokenizerConfig
+from hanseq.engine.data import BatchStream, DataError, Encoded, encode, read_tsv
+from hanseq.engine.tokenizers import build_tokenizer
+from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 LINES = [
     "사과가 좋아요\tI like apples\tshop".encode(),

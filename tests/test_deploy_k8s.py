@@ -17,8 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.server import health_names
-from service.settings import FIELDS, env_name
+from hanseq.service.server import health_names
+from hanseq.service.settings import FIELDS, env_name
 from tests.conftest import REPO
 from tests.test_deploy_monitoring import exported
 

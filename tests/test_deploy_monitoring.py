@@ -11,7 +11,7 @@ import yaml
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics
+from hanseq.service.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NAME = re.compile(r"\b((?:hanseq|grpc_server|process)_[a-z_]+)")

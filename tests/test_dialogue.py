@@ -11,11 +11,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from engine import cli as engine_cli
-from engine.bundle import Side, load_bundle
-from engine.config import ConfigurationError, TaskConfig, from_dict, validate
-from engine.data import Example, with_context
-from engine.dialogue import (
+from hanseq.engine import cli as engine_cli
+from hanseq.engine.bundle import Side, load_bundle
+from hanseq.engine.config import ConfigurationError, TaskConfig, from_dict, validate
+from hanseq.engine.data import Example, with_context
+from hanseq.engine.dialogue import (
     SERVICE_MARK,
     USER_MARK,
     ContextError,
@@ -24,14 +24,14 @@ from engine.dialogue import (
     source_text,
     split_marks,
 )
-from engine.options import InvalidOptions, SearchOptions
-from engine.pipeline import Pipeline
-from engine.tokenizers import build_tokenizer
-from engine.training import train, valid_subset
-from engine.vocabulary import Vocabulary
+from hanseq.engine.options import InvalidOptions, SearchOptions
+from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.tokenizers import build_tokenizer
+from hanseq.engine.training import train, valid_subset
+from hanseq.engine.vocabulary import Vocabulary
+from hanseq.service.server import create_app
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
-from service.server import create_app
 from tests.conftest import settings_for, three_task_config
 
 IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")

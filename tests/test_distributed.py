@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.bundle import load_bundle
+from hanseq.engine.bundle import load_bundle
 from tests.conftest import REPO
 
 
@@ -30,7 +30,7 @@ training: {{output_dir: {tmp_path / "run"}, max_steps: 6, valid_every: 3,
             "--nproc_per_node",
             "2",
             "-m",
-            "engine.cli",
+            "hanseq.engine.cli",
             "train",
             "--config",
             str(config),

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import korean
+from hanseq.engine import korean
 from tests.conftest import corpora_root
 
 # Hangul syllables and jamo, Latin, digits, punctuation, emoji, CJK, odd whitespace, controls.

@@ -8,12 +8,12 @@ import time
 import grpc
 import pytest
 
+from hanseq.service.errors import Overloaded as ServerOverloaded
+from hanseq.service.limits import CallerLimits, caller_of
+from hanseq.service.server import create_app
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from hanseq_client import NO_RETRY, AsyncClient, Overloaded, Retry
-from service.errors import Overloaded as ServerOverloaded
-from service.limits import CallerLimits, caller_of
-from service.server import create_app
 from tests.conftest import settings_for
 
 TOKEN_A, TOKEN_B = "caller-a-0123456789abcdef", "caller-b-0123456789abcdef"

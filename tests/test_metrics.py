@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import metrics
+from hanseq.engine import metrics
 
 
 def test_lcs_and_rouge_l():

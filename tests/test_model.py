@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention import build_attention
-from engine.config import ConfigurationError, ModelConfig
-from engine.heads import build_model
-from engine.vocabulary import BOS_ID, PAD_ID
+from hanseq.engine.attention import build_attention
+from hanseq.engine.config import ConfigurationError, ModelConfig
+from hanseq.engine.heads import build_model
+from hanseq.engine.vocabulary import BOS_ID, PAD_ID
 
 VARIANTS = [
     dict(rnn="lstm", attention="general"),
@@ -138,7 +138,7 @@ def test_rows_sharing_a_source_step_as_over_copies_of_it(variant, shortlist):
     """Beam search gives each source k decoder rows over one memory row: every step must
     equal the step over k copies of the memory (the copy mass and ids, the peeky summary and
     each row's shortlist mask go with them)."""
-    from engine.shortlist import LexicalTable
+    from hanseq.engine.shortlist import LexicalTable
 
     model = tiny(**variant)
     head = model.head("a")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import TeacherForcingConfig, TrainingConfig
-from engine.schedules import learning_rate_factor, teacher_forcing_ratio
+from hanseq.engine.config import TeacherForcingConfig, TrainingConfig
+from hanseq.engine.schedules import learning_rate_factor, teacher_forcing_ratio
 
 
 @pytest.mark.parametrize(

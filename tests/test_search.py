@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.pipeline import Pipeline
-from engine.search import InvalidOptions, SearchOptions, search
-from engine.vocabulary import EOS_ID
+from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.search import InvalidOptions, SearchOptions, search
+from hanseq.engine.vocabulary import EOS_ID
 from tests.conftest import encode_texts, reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(40, seed=7)]

@@ -15,13 +15,13 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.bundle import load_bundle
-from engine.options import SearchOptions
-from engine.pipeline import Pipeline
+from hanseq.engine.bundle import load_bundle
+from hanseq.engine.options import SearchOptions
+from hanseq.engine.pipeline import Pipeline
+from hanseq.service.server import create_app
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
 from hanseq_client import AsyncClient
-from service.server import create_app
 from tests.conftest import reversal_pairs, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigurationError
-from service.settings import FIELDS, REPO_MODELS, env_name, load_settings
+from hanseq.engine.config import ConfigurationError
+from hanseq.service.settings import FIELDS, REPO_MODELS, env_name, load_settings
 
 
 def test_defaults_serve_the_shipped_models_on_loopback():

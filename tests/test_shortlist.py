@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.bundle import load_bundle
-from engine.continuous import RunningBatch
-from engine.data import encode, read_tsv
-from engine.options import SearchOptions
-from engine.pipeline import Pipeline
-from engine.search import search
-from engine.shortlist import LexicalTable, RowShortlist
-from engine.vocabulary import EOS_ID, SPECIALS
+from hanseq.engine.bundle import load_bundle
+from hanseq.engine.continuous import RunningBatch
+from hanseq.engine.data import encode, read_tsv
+from hanseq.engine.options import SearchOptions
+from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.search import search
+from hanseq.engine.shortlist import LexicalTable, RowShortlist
+from hanseq.engine.vocabulary import EOS_ID, SPECIALS
 from tests.conftest import encode_texts, reversal_pairs
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(40, seed=33)]

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from engine import korean
-from engine.config import ConfigurationError, TokenizerConfig
-from engine.tokenizers import build_tokenizer
-from engine.vocabulary import EOS_ID, UNK_ID, Vocabulary
+from hanseq.engine import korean
+from hanseq.engine.config import ConfigurationError, TokenizerConfig
+from hanseq.engine.tokenizers import build_tokenizer
+from hanseq.engine.vocabulary import EOS_ID, UNK_ID, Vocabulary
 
 KOREAN = [
     "오늘은 날씨가 정말 좋네요.",

@@ -7,9 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from engine.bundle import WEIGHTS, load_bundle
-from engine.distributed import autocast_dtype, cpu_has_bf16
-from engine.training import History, average_checkpoints, train
+from hanseq.engine.bundle import WEIGHTS, load_bundle
+from hanseq.engine.distributed import autocast_dtype, cpu_has_bf16
+from hanseq.engine.training import History, average_checkpoints, train
 from tests.conftest import toy_config
 
 SHORT = dict(

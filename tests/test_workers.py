@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.continuous import RunningBatch
-from service.worker_process import Runner
-from service.workers import find_bundles
+from hanseq.engine.continuous import RunningBatch
+from hanseq.service.worker_process import Runner
+from hanseq.service.workers import find_bundles
 from tests.conftest import REPO, reversal_pairs
 
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(7, seed=51)]
@@ -136,7 +136,7 @@ def test_beam_rows_go_in_groups_and_cancelled_ones_are_never_decoded(runner):
 
 
 def _beam():
-    from engine.options import SearchOptions
+    from hanseq.engine.options import SearchOptions
 
     return SearchOptions(beam_size=3, max_length=20)
 

@@ -1,0 +1,87 @@
+"""Rules every search applies to one step's distribution: length limits, n-gram blocking,
+never-shown tokens, and the sampling filters (temperature, top-k, top-p).
+
+Each row carries its own step count, so rows that started at different steps (continuous
+batching) share one call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hanseq.engine.options import SearchOptions
+from hanseq.engine.shortlist import RowShortlist
+from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+NEG_INF = float("-inf")
+
+
+def constrain(
+    logp: Tensor,
+    history: Tensor,
+    steps: Tensor,
+    opts: SearchOptions,
+    shortlist: RowShortlist | None = None,
+) -> Tensor:
+    """Apply min/max length and n-gram blocking to rows x vocab log-probs, in place.
+
+    ``steps``: tokens each row has produced so far; ``history``: those tokens, right-aligned
+    (rows that have fewer are PAD on the left, which no n-gram of real tokens matches).
+    With a ``shortlist`` the columns are its columns; the specials keep theirs (its first).
+    """
+    if opts.min_length:
+        logp[steps < opts.min_length, EOS_ID] = NEG_INF
+    if opts.no_repeat_ngram and history.size(1) >= opts.no_repeat_ngram:
+        ban_repeats(logp, history, opts.no_repeat_ngram, shortlist)
+    last = steps >= opts.max_length - 1  # the last step can only end the sentence
+    if bool(last.any()):
+        eos = logp[last, EOS_ID]
+        logp[last] = NEG_INF
+        logp[last, EOS_ID] = eos
+    logp[:, [PAD_ID, BOS_ID, UNK_ID]] = NEG_INF  # never shown to a person as output
+    if opts.no_repeat_ngram:  # only n-gram blocking can ban every token of a row
+        stuck = torch.isinf(logp).all(-1)  # then ending is the only way out
+        logp[stuck, EOS_ID] = 0.0
+    return logp
+
+
+def ban_repeats(
+    logp: Tensor, history: Tensor, n: int, shortlist: RowShortlist | None = None
+) -> None:
+    """Forbid every token that would complete an n-gram already in ``history`` (rows x t)."""
+    grams = history.unfold(1, n, 1)  # rows x (t - n + 1) x n
+    prefix = history[:, history.size(1) - (n - 1) :]  # rows x (n - 1)
+    match = (grams[:, :, : n - 1] == prefix.unsqueeze(1)).all(-1)  # rows x (t - n + 1)
+    rows, where = match.nonzero(as_tuple=True)
+    banned = grams[rows, where, n - 1]
+    if shortlist is not None:  # an id outside the columns cannot be output anyway
+        columns = shortlist.positions(banned)
+        inside = shortlist.columns[columns] == banned
+        rows, banned = rows[inside], columns[inside]
+    logp[rows, banned] = NEG_INF
+
+
+def generators(batch: int, opts: SearchOptions, device: torch.device) -> list[torch.Generator]:
+    """One generator per row, all with the request's seed: a row samples the same tokens
+    whether it is decoded alone or in a batch."""
+    seed = opts.seed if opts.seed is not None else int(torch.randint(2**62, ()).item())
+    return [torch.Generator(device=device).manual_seed(seed) for _ in range(batch)]
+
+
+def sample(
+    logits: Tensor, logp: Tensor, opts: SearchOptions, generators: list[torch.Generator]
+) -> Tensor:
+    """Sample from softmax(logits / T), restricted to top-k / top-p and to allowed tokens."""
+    scaled = (logits.float() / opts.temperature).masked_fill(torch.isinf(logp), NEG_INF)
+    if opts.top_k:
+        kth = scaled.topk(min(opts.top_k, scaled.size(-1)), -1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, NEG_INF)
+    if opts.top_p < 1.0:
+        ordered, order = scaled.sort(-1, descending=True)
+        before = torch.softmax(ordered, -1).cumsum(-1) - torch.softmax(ordered, -1)
+        drop = (before >= opts.top_p).scatter(1, order, before >= opts.top_p)
+        scaled = scaled.masked_fill(drop, NEG_INF)
+    probs = torch.softmax(scaled, -1)
+    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(picks)

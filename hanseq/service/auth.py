@@ -1,0 +1,120 @@
+"""Who may call: bearer tokens (``authorization: Bearer <token>``) and TLS.
+
+With tokens configured, every call needs one of them, except the health service, which
+probes (kubelet, load balancers) must reach without secrets. Tokens are compared in constant
+time, and every configured token is compared, so timing tells nothing about which one nearly
+matched. A refused call gets UNAUTHENTICATED and reaches nothing behind this interceptor.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import grpc
+
+from hanseq.engine.config import ConfigurationError
+from hanseq.service.errors import ServiceError
+from hanseq.service.settings import Settings, env_name
+
+OPEN_PREFIX = "/grpc.health.v1.Health/"
+HANSEQ_PREFIX = "/hanseq.v1."
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+def load_tokens(s: Settings) -> tuple[bytes, ...]:
+    """The tokens from ``auth_tokens_file`` and ``auth_tokens``; none = no authentication."""
+    tokens = [t.strip() for t in s.auth_tokens.split(",")]
+    if s.auth_tokens_file:
+        lines = Path(s.auth_tokens_file).read_text(encoding="utf-8").splitlines()
+        tokens += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+    tokens = [t for t in tokens if t]
+    short = [t for t in tokens if len(t) < 16]
+    if short:
+        raise ConfigurationError(
+            f"auth tokens ({env_name('auth_tokens_file')}, {env_name('auth_tokens')}) must be "
+            f"at least 16 characters; {len(short)} is shorter"
+        )
+    return tuple(t.encode() for t in tokens)
+
+
+def presented(metadata) -> bytes | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip().encode()
+    return None
+
+
+def token_ok(tokens: tuple[bytes, ...], token: bytes | None) -> bool:
+    ok = False
+    for known in tokens:  # no early exit: the time taken does not depend on which matched
+        ok |= hmac.compare_digest(known, token or b"")
+    return ok and token is not None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Placed inside the error interceptor, so a refusal is counted and logged like any status."""
+
+    def __init__(self, tokens: tuple[bytes, ...]):
+        self.tokens = tokens
+        self._refusing: dict[str, grpc.RpcMethodHandler] = {}  # one per method
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIX):
+            return handler
+        if token_ok(self.tokens, presented(details.invocation_metadata)):
+            return handler
+        refusing = self._refusing.get(details.method)
+        if refusing is None:
+            hanseq = details.method.startswith(HANSEQ_PREFIX)
+            refusing = self._refusing[details.method] = _refusing(handler, hanseq)
+        return refusing
+
+
+MESSAGE = "missing or invalid bearer token (metadata authorization: Bearer <token>)"
+
+
+def _refusing(handler: grpc.RpcMethodHandler, hanseq: bool) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that refuses. hanseq's own methods raise (the error
+    interceptor outside turns it into the status and counts it); others, e.g. reflection,
+    have no such interceptor and abort themselves."""
+
+    async def refuse(request, context):
+        if hanseq:
+            raise Unauthenticated(MESSAGE)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+
+    async def refuse_stream(request, context):
+        await refuse(request, context)
+        yield  # pragma: no cover  (never reached: refuse raises)
+
+    kind = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary
+        else grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_unary_rpc_method_handler
+        if handler.stream_unary
+        else grpc.stream_stream_rpc_method_handler
+    )
+    streaming_out = handler.unary_stream or handler.stream_stream
+    return kind(
+        refuse_stream if streaming_out else refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the settings, or None for plaintext."""
+    if not s.tls_cert_file:
+        return None
+    key, chain = Path(s.tls_key_file).read_bytes(), Path(s.tls_cert_file).read_bytes()
+    roots = Path(s.tls_client_ca_file).read_bytes() if s.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=roots, require_client_auth=roots is not None
+    )

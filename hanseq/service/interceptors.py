@@ -1,0 +1,192 @@
+"""Cross-cutting concerns of every hanseq RPC, so handlers carry no boilerplate:
+a request id (from ``x-request-id`` metadata or new), the mapping of errors to statuses
+(``ServiceError`` -> its code; anything else -> INTERNAL with the request id, traceback in the
+log, never to the caller), and one structured log line per request outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection
+
+import grpc
+
+from hanseq.service.auth import presented
+from hanseq.service.errors import InvalidArgument, ServiceError
+from hanseq.service.limits import CallerLimits, caller_of
+from hanseq.service.metrics import TASK_OF_METHOD, Metrics
+
+log = logging.getLogger("hanseq.requests")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+SERVICE_PREFIX = "/hanseq.v1."
+SERVICE = "hanseq.v1.Seq2Seq"
+
+
+def _incoming_id(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:64]
+    return uuid.uuid4().hex[:16]
+
+
+class _Outcome:
+    def __init__(self, method: str, kind: str, task: str, context, metrics: Metrics | None):
+        self.method, self.code, self.started = method, grpc.StatusCode.OK, time.perf_counter()
+        self.kind, self.task, self.metrics = kind, task, metrics
+        if metrics is not None:
+            metrics.grpc_started.labels(kind, SERVICE, method).inc()
+        self.rid = _incoming_id(context)
+        self.token = request_id.set(self.rid)
+        context.set_trailing_metadata((("x-request-id", self.rid),))
+
+    def cancelled(self, context) -> None:
+        """grpc-aio cancels the handler both when the caller leaves and at the deadline."""
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+    async def fail(self, error: BaseException, context) -> None:
+        """Record the status and end the RPC with it (context.abort raises)."""
+        if isinstance(error, ServiceError):
+            self.code = error.code
+            context.set_trailing_metadata((("x-request-id", self.rid), *error.trailers()))
+            await context.abort(error.code, error.message)
+        log.error("unhandled error in %s (request %s)", self.method, self.rid, exc_info=error)
+        self.code = grpc.StatusCode.INTERNAL
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {self.rid})")
+
+    def close(self) -> None:
+        seconds = time.perf_counter() - self.started
+        request_id.reset(self.token)
+        if self.metrics is not None:
+            m, labels = self.metrics, (self.kind, SERVICE, self.method)
+            m.grpc_handled.labels(*labels, self.code.name).inc()
+            m.grpc_seconds.labels(*labels).observe(seconds)
+            if self.task:
+                m.requests.labels(self.task, self.code.name).inc()
+                m.latency.labels(self.task).observe(seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        log.info(
+            json.dumps(
+                {
+                    "request_id": self.rid,
+                    "method": self.method,
+                    "code": self.code.name,
+                    "ms": round(1000 * seconds, 2),
+                }
+            )
+        )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        served: Callable[[], Collection[str]] = tuple,
+        limits: CallerLimits | None = None,
+    ):
+        self.metrics, self.served, self.limits = metrics, served, limits
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}  # once each
+
+    def admit(self, request, context) -> contextlib.AbstractContextManager:
+        """The caller's limits around one request (a batch costs one per input)."""
+        if self.limits is None or not self.limits.active:
+            return contextlib.nullcontext()
+        caller = caller_of(presented(context.invocation_metadata()), context.peer())
+        return self.limits.admit(caller, max(1, len(getattr(request, "texts", ()))))
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX):
+            return handler
+        # Keyed by the handler, not the method: the auth interceptor inside may hand over a
+        # refusing one for the same method.
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            wrapped = self._wrapped[handler] = self._wrap(handler, details.method)
+        return wrapped
+
+    def _wrap(self, handler, full_method: str):
+        method = full_method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary, method, self),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(handler.unary_stream, method, self),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class Undecodable:
+    """A request body that is not the message it should be (bad protobuf, a string field
+    that is not UTF-8). gRPC would answer a failing deserializer with UNKNOWN; it reaches the
+    handler as this instead, to be answered INVALID_ARGUMENT like any other bad input."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as e:  # DecodeError, or UnicodeDecodeError on some runtimes
+            return Undecodable(e)
+
+    return parse
+
+
+@contextlib.asynccontextmanager
+async def _handled(
+    method: str, kind: str, request, context, interceptor: ErrorInterceptor
+) -> AsyncIterator[None]:
+    """Around one RPC: request id, error -> status, metrics, the log line."""
+    task = TASK_OF_METHOD.get(method) or str(getattr(request, "task", ""))
+    if task and task not in interceptor.served():
+        task = "unknown"  # a caller's typo must not become a new time series
+    outcome = _Outcome(method, kind, task, context, interceptor.metrics)
+    try:
+        if isinstance(request, Undecodable):
+            raise InvalidArgument(
+                "request", "is not a valid message (broken protobuf, or a string not UTF-8)"
+            )
+        with interceptor.admit(request, context):
+            yield
+    except asyncio.CancelledError:
+        outcome.cancelled(context)
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:
+        await outcome.fail(e, context)
+    finally:
+        outcome.close()
+
+
+def _unary(behaviour, method: str, interceptor: ErrorInterceptor):
+    async def wrapped(request, context):
+        async with _handled(method, "UNARY", request, context, interceptor):
+            return await behaviour(request, context)
+
+    return wrapped
+
+
+def _stream(behaviour, method: str, interceptor: ErrorInterceptor):
+    async def wrapped(request, context) -> AsyncIterator:
+        async with _handled(method, "SERVER_STREAM", request, context, interceptor):
+            async for item in behaviour(request, context):
+                yield item
+
+    return wrapped

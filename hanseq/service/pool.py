@@ -1,0 +1,157 @@
+"""The worker pool: which workers exist, which have room, replacing dead ones, and reloads.
+
+A reload starts a new generation of workers (the bundles loaded again and warmed) while the old
+one keeps serving; when every new worker is ready the pool switches at once, and each old worker
+stops once the rows it holds are answered. So no request is lost or answered by a half-loaded
+model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from hanseq.service.errors import Unavailable
+from hanseq.service.settings import Settings
+from hanseq.service.workers import Worker, default_threads, find_bundles
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, on_change: Callable[[], object] = lambda: None):
+        self.settings = settings
+        self.on_change = on_change
+        self.generation = 0
+        self.workers: list[Worker] = []
+        self._room = asyncio.Event()  # set when a worker may have room for more rows
+        self._replacing: set[int] = set()
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._closed = False
+        self._background: set[asyncio.Task] = set()  # referenced until done, as asyncio asks
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """task -> {model_id, model_version, metric, valid_scores, ...} of the serving bundles."""
+        return self._tasks
+
+    def alive_count(self) -> int:
+        return sum(1 for w in self.workers if w.alive and w.generation == self.generation)
+
+    def busy_count(self) -> int:
+        return sum(1 for w in self.workers if w.busy)
+
+    async def start(self) -> None:
+        find_bundles(self.settings.models_path())  # fail fast, with the path, if none
+        self.workers = await self._start_generation(1)
+        self.generation = 1
+        self._tasks = self.workers[0].tasks
+        self._room.set()
+        self.on_change()
+
+    async def _start_generation(self, generation: int) -> list[Worker]:
+        devices = self.settings.device_list()
+        cpu_workers = sum(1 for d in devices if d == "cpu")
+        threads = default_threads(self.settings.cpu_threads, cpu_workers)
+        workers = [self._new_worker(d, threads, generation) for d in devices]
+        results = await asyncio.gather(
+            *(w.start(self.settings.worker_start_timeout_s) for w in workers),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            for w in workers:
+                w.kill()
+            raise errors[0]
+        return workers
+
+    def _precision(self, device: str) -> str:
+        if device == "cpu":
+            return "int8" if self.settings.cpu_int8 else "fp32"
+        return "fp16" if self.settings.half_precision else "fp32"
+
+    def _new_worker(self, device: str, threads: int, generation: int) -> Worker:
+        return Worker(
+            device,
+            self.settings.models_path(),
+            threads if device == "cpu" else 0,
+            self._precision(device),
+            self.settings.max_batch_size,
+            generation,
+            self._changed,
+            self.settings.max_input_tokens,
+            self.settings.shortlist,
+        )
+
+    async def acquire(self) -> Worker:
+        """The live worker of the serving generation with the most room (waits for room)."""
+        while True:
+            room = [w for w in self.workers if self.current(w) and w.free > 0]
+            if room:
+                return max(room, key=lambda w: w.free)
+            self._room.clear()
+            await self._room.wait()
+
+    def current(self, worker: Worker) -> bool:
+        """Still a worker to send rows to: alive and of the serving generation."""
+        return worker.alive and worker.generation == self.generation
+
+    def _changed(self, worker: Worker) -> None:
+        """A worker answered a row or died (called in the event loop)."""
+        self._room.set()
+        if worker.generation != self.generation:
+            if not worker.busy:  # an old generation: done after its last row
+                self._spawn(worker.stop())
+        elif worker.dead:
+            self._replace(worker)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _replace(self, dead: Worker) -> None:
+        """Start a new worker on the dead one's device (once, however often it is reported)."""
+        if id(dead) in self._replacing or self._closed:
+            return
+        self._replacing.add(id(dead))
+        log.error("worker on %s (pid %s) died; starting a new one", dead.device, dead.pid)
+        self.on_change()
+        self._spawn(self._restart(dead))
+
+    async def _restart(self, dead: Worker) -> None:
+        dead.kill()
+        while not self._closed and dead.generation == self.generation:
+            worker = self._new_worker(dead.device, dead.threads, self.generation)
+            try:
+                await worker.start(self.settings.worker_start_timeout_s)
+            except Unavailable as e:
+                log.error("%s; retrying in 1 s", e)
+                await asyncio.sleep(1.0)
+                continue
+            self.workers = [w for w in self.workers if w is not dead] + [worker]
+            self._room.set()
+            log.info("worker on %s is back (pid %s)", worker.device, worker.pid)
+            break
+        self._replacing.discard(id(dead))
+        self.on_change()
+
+    async def reload(self) -> dict[str, dict[str, Any]]:
+        """Load the bundles again into new workers, then switch; the old ones drain."""
+        generation = self.generation + 1
+        fresh = await self._start_generation(generation)  # raises: the old ones keep serving
+        old = self.workers
+        self.workers, self.generation, self._tasks = fresh, generation, fresh[0].tasks
+        self._room.set()
+        for worker in old:
+            if not worker.busy:
+                self._spawn(worker.stop())
+        self.on_change()
+        log.info("reloaded: %s", {t: i["model_version"] for t, i in self._tasks.items()})
+        return self._tasks
+
+    async def stop(self) -> None:
+        self._closed = True
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

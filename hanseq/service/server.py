@@ -1,0 +1,226 @@
+"""The gRPC server: built by ``create_app`` (tests use it on port 0), run by ``serve``.
+
+Start-up: listen at once (health says NOT_SERVING, RPCs answer UNAVAILABLE), load and warm the
+bundles in the workers, then SERVING. SIGTERM/SIGINT: NOT_SERVING, refuse new RPCs, let
+in-flight ones finish within ``grace_period_s``, exit 0. SIGHUP: reload the bundles without
+downtime (also the ReloadModels RPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from hanseq.engine.config import ConfigurationError
+from hanseq.service.auth import AuthInterceptor, load_tokens, server_credentials
+from hanseq.service.batcher import Batcher
+from hanseq.service.cache import LocalCache, RedisCache, ResponseCache
+from hanseq.service.interceptors import ErrorInterceptor
+from hanseq.service.limits import CallerLimits
+from hanseq.service.metrics import Metrics
+from hanseq.service.pool import WorkerPool
+from hanseq.service.servicer import Seq2SeqServicer
+from hanseq.service.settings import Settings
+from hanseq.v1 import hanseq_pb2, hanseq_pb2_grpc
+
+log = logging.getLogger("hanseq.server")
+SERVICE = hanseq_pb2.DESCRIPTOR.services_by_name["Seq2Seq"].full_name  # "hanseq.v1.Seq2Seq"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_names(tasks) -> list[str]:
+    """ "" (the whole server), the service, and one name per task: hanseq.v1.Seq2Seq/translate."""
+    return ["", SERVICE, *(f"{SERVICE}/{t}" for t in tasks)]
+
+
+@dataclass
+class App:
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    pool: WorkerPool
+    batcher: Batcher
+    servicer: Seq2SeqServicer
+    health: HealthServicer
+    metrics: Metrics
+    cache: ResponseCache
+    draining: bool = False
+    _known: set[str] = field(default_factory=set)
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def update_health(self) -> None:
+        """SERVING where a live worker serves; NOT_SERVING while starting, broken or draining."""
+        up = not self.draining and self.servicer.ready and self.pool.alive_count() > 0
+        names = health_names(self.pool.tasks)
+        for name in self._known - set(names):
+            await self.health.set(name, NOT_SERVING)  # a task a reload took away
+        self._known |= set(names)
+        for name in names:
+            await self.health.set(name, SERVING if up else NOT_SERVING)
+
+    async def reload(self) -> None:
+        async with self._reloading:
+            await self.pool.reload()
+        await self.update_health()
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new calls, finish in-flight ones within the grace period."""
+        self.draining = True
+        await self.update_health()
+        await self.server.stop(self.settings.grace_period_s)
+        self.servicer.ready = False
+        await self.batcher.stop()
+        await self.pool.stop()
+        await self.cache.close()
+        self.metrics.stop()
+
+    def state(self) -> dict:
+        """What the metrics read at each scrape."""
+        return {
+            "queued": {t: self.batcher.queued(t) for t in self.pool.tasks},
+            "queue_limit": self.settings.max_queue_size,
+            "alive": self.pool.alive_count(),
+            "busy": self.pool.busy_count(),
+            "tasks": self.pool.tasks,
+        }
+
+
+async def create_app(settings: Settings) -> App:
+    """Listening and answering health checks at once; SERVING when the models are warm."""
+    metrics = Metrics()
+    pool = WorkerPool(settings)
+    server = grpc.aio.server(
+        interceptors=_interceptors(settings, metrics, pool), options=_channel_options(settings)
+    )
+    batcher = Batcher(pool, settings, metrics)
+    health = HealthServicer()
+    cache = build_cache(settings, metrics)
+    servicer = Seq2SeqServicer(settings, pool, batcher, cache)
+    hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [
+                SERVICE,
+                reflection.SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            ],
+            server,
+        )
+    port = _listen(server, settings)
+    app = App(settings, server, port, pool, batcher, servicer, health, metrics, cache)
+    servicer.reload = app.reload
+    metrics.watch(app.state)
+    if settings.metrics_port >= 0:
+        try:
+            metrics.start(settings.host, settings.metrics_port)
+        except OSError as e:
+            raise ConfigurationError(
+                f"metrics_port (HANSEQ_METRICS_PORT) {settings.metrics_port}: {e.strerror}; "
+                "choose another, 0 for any free port, or -1 for no metrics"
+            ) from None
+    for name in health_names([]):
+        await health.set(name, NOT_SERVING)
+    await server.start()
+    pool.on_change = lambda: asyncio.ensure_future(app.update_health())
+    try:
+        await pool.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    batcher.start()
+    servicer.ready = True
+    await app.update_health()
+    return app
+
+
+def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool) -> list:
+    """Errors and limits outermost (so a refusal is a counted status), then tokens."""
+    limits = CallerLimits(
+        s.caller_rate_per_s, s.caller_burst, s.caller_concurrency, s.retry_after_ms
+    )
+    interceptors: list = [ErrorInterceptor(metrics, served=lambda: pool.tasks, limits=limits)]
+    tokens = load_tokens(s)
+    if tokens:
+        interceptors.append(AuthInterceptor(tokens))
+    return interceptors
+
+
+def _listen(server: grpc.aio.Server, s: Settings) -> int:
+    address = f"{s.host}:{s.port}"
+    credentials = server_credentials(s)
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
+
+
+def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
+    """The in-process layer always; Redis in front of it when ``redis_url`` is set."""
+    shared = None
+    if settings.redis_url:
+        shared = RedisCache(
+            settings.redis_url,
+            settings.cache_prefix,
+            settings.cache_ttl_s,
+            settings.redis_timeout_ms / 1000,
+            settings.cache_breaker_s,
+            on_error=metrics.cache_errors.inc,
+            password=settings.redis_password,
+        )
+    return ResponseCache(
+        LocalCache(settings.cache_entries, settings.cache_bytes),
+        shared,
+        on_lookup=lambda layer, result: metrics.cache_lookups.labels(layer, result).inc(),
+    )
+
+
+def _channel_options(s: Settings) -> list[tuple[str, int]]:
+    aged = []
+    if s.max_connection_age_s > 0:  # clients of a scaled-up Deployment find the new pods
+        aged = [
+            ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.grace_period_s * 1000)),
+        ]
+    return aged + [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def serve(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    app = await create_app(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app)))
+    tasks = ", ".join(
+        f"{t} ({i['model_id']} {i['model_version']})" for t, i in app.pool.tasks.items()
+    )
+    log.info("serving %s on %s:%d", tasks, settings.host, app.port)
+    if app.metrics.port:
+        log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics.port)
+    await stop.wait()
+    log.info("draining (grace %.0f s)", settings.grace_period_s)
+    await app.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _reload(app: App) -> None:
+    try:
+        await app.reload()
+    except Exception as e:  # the old models keep serving
+        log.error("reload failed, still serving the previous models: %s", e)

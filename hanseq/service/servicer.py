@@ -1,0 +1,387 @@
+"""RPC handlers: validate -> batcher -> response. Thin on purpose: errors become statuses in the
+interceptor, batching and decoding live in batcher/workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from hanseq.engine.dialogue import Turn, source_text
+from hanseq.service.batcher import Batcher, Outcome, Request
+from hanseq.service.cache import ResponseCache, cache_key, cacheable
+from hanseq.service.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    Unimplemented,
+)
+from hanseq.service.pool import WorkerPool
+from hanseq.service.settings import Settings
+from hanseq.v1 import hanseq_pb2 as pb
+from hanseq.v1 import hanseq_pb2_grpc
+
+log = logging.getLogger("hanseq.servicer")
+
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
+_DONE = object()
+
+
+class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
+    def __init__(
+        self, settings: Settings, pool: WorkerPool, batcher: Batcher, cache: ResponseCache
+    ):
+        self.settings, self.pool, self.batcher, self.cache = settings, pool, batcher, cache
+        self.ready = False  # set by the server once the workers are warm
+        self.reload: Callable[[], Awaitable[Any]] | None = None  # set by the server
+
+    # ---- the RPCs -------------------------------------------------------------------------
+    async def Translate(self, request, context):
+        return await self._unary("translate", request.text, "text", request.options, context)
+
+    async def Summarize(self, request, context):
+        return await self._unary("summarize", request.text, "text", request.options, context)
+
+    async def Respond(self, request, context):
+        text = self._dialogue_source(request)
+        return await self._unary("respond", text, "message", request.options, context)
+
+    async def Generate(self, request, context):
+        self._task(request.task, "task")
+        return await self._unary(request.task, request.text, "text", request.options, context)
+
+    async def GenerateBatch(self, request, context):
+        task = self._task(request.task, "task")
+        texts = list(request.texts)
+        if not texts:
+            raise InvalidArgument("texts", "must hold at least one text")
+        if len(texts) > self.settings.max_batch_items:
+            raise InvalidArgument(
+                "texts",
+                f"{len(texts)} items; the limit is {self.settings.max_batch_items} per call",
+            )
+        for i, text in enumerate(texts):
+            self._check_text(text, f"texts[{i}]")
+        options = self._options(request.options, task)
+        no_cache = request.options.no_cache
+        answers = [
+            _as_field(self._answer(task, t, options, no_cache, context), f"texts[{i}]")
+            for i, t in enumerate(texts)
+        ]
+        results = await self._within(_all(answers), context)
+        return pb.GenerateBatchResponse(results=results)
+
+    async def GenerateStream(self, request, context) -> AsyncIterator[pb.GenerateStreamResponse]:
+        task = self._task(request.task, "task")
+        self._check_text(request.text, "text")
+        options = self._options(request.options, task)
+        if options["beam_size"] != 1:
+            raise InvalidArgument(
+                "options.beam_size",
+                "streaming decodes greedily or by sampling; beam_size must be 1",
+            )
+        partials: asyncio.Queue[Any] = asyncio.Queue()
+        req = self._submit(task, request.text, options, context, on_partial=partials.put_nowait)
+        req.future.add_done_callback(lambda _: partials.put_nowait(_DONE))
+        try:
+            while (item := await self._within(partials.get(), context)) is not _DONE:
+                yield pb.GenerateStreamResponse(text=item)
+            outcome = req.future.result()
+        finally:
+            if not req.future.done():
+                req.cancel()  # the caller left or its deadline passed: stop decoding it
+        yield pb.GenerateStreamResponse(
+            text=outcome.result["text"], final=True, result=_response(outcome)
+        )
+
+    async def ListModels(self, request, context):
+        self._not_ready()  # an empty list while loading would read as "serves nothing"
+        return pb.ListModelsResponse(tasks=self._task_infos(), limits=self._limits())
+
+    async def ReloadModels(self, request, context):
+        if self.reload is None:
+            raise Unavailable("this server cannot reload its models")
+        try:
+            await self.reload()
+        except Unavailable as e:  # not retryable: the same bundles would fail the same way
+            raise FailedPrecondition(
+                f"reload failed; the previous models still serve: {e.message}"
+            ) from None
+        return pb.ReloadModelsResponse(tasks=self._task_infos())
+
+    # ---- helpers ----------------------------------------------------------------------------
+    async def _unary(self, task: str, text: str, field: str, options_pb, context):
+        if task not in self.pool.tasks:
+            self._not_ready()
+            raise Unimplemented(
+                f"task {task!r} is not served here; served: {', '.join(self.pool.tasks)}"
+            )
+        self._check_text(text, field)
+        options = self._options(options_pb, task)
+        answer = self._answer(task, text, options, options_pb.no_cache, context)
+        return await self._within(_as_field(answer, field), context)
+
+    async def _answer(
+        self, task: str, text: str, options: dict[str, Any], no_cache: bool, context
+    ) -> pb.GenerateResponse:
+        """From the cache, from an identical request in flight, or decoded (then cached)."""
+        if not cacheable(options, no_cache):
+            return _response(await self._decode(task, text, options, context))
+        key = cache_key(self.pool.tasks[task], task, text, options)
+        hit = await self.cache.get(key)
+        if hit is not None:
+            response = _recalled(hit, self.pool.tasks[task])
+            if response is not None:
+                return response
+            log.warning("a cached answer for %s did not verify; decoding afresh", task)
+            self.cache.reject(key)
+
+        async def decode_and_keep() -> pb.GenerateResponse:
+            outcome = await self._decode(task, text, options, context)
+            response = _response(outcome)
+            kept = pb.GenerateResponse()
+            kept.CopyFrom(response)
+            kept.ClearField("queue_ms")  # per request: never replayed
+            kept.ClearField("compute_ms")
+            kept.ClearField("batch_size")
+            # under the version that decoded it, which a reload may have changed meanwhile
+            decoded_by = cache_key(outcome.task_info, task, text, options)
+            await self.cache.put(decoded_by, kept.SerializeToString())
+            return response
+
+        return await self.cache.single_flight(key, decode_and_keep)
+
+    async def _decode(self, task: str, text: str, options: dict[str, Any], context) -> Outcome:
+        req = self._submit(task, text, options, context)
+        try:
+            return await asyncio.shield(req.future)
+        except asyncio.CancelledError:  # the caller left or its deadline passed
+            req.cancel()
+            raise
+
+    async def _within(self, awaitable, context):
+        """Await within the caller's deadline."""
+        try:
+            return await asyncio.wait_for(awaitable, context.time_remaining())
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed before the result was ready") from None
+
+    def _submit(
+        self,
+        task: str,
+        text: str,
+        options: dict[str, Any],
+        context,
+        on_partial: Callable[[str], None] | None = None,
+    ) -> Request:
+        self._not_ready()
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        request = Request(task, text, options, deadline, on_partial)
+        self.batcher.submit(request)
+        return request
+
+    def _not_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable("the server is starting or stopping: models are not being served")
+
+    def _task(self, task: str, field: str) -> str:
+        self._not_ready()
+        if not task:
+            raise InvalidArgument(field, f"must name a task; served: {', '.join(self.pool.tasks)}")
+        if task not in self.pool.tasks:
+            raise InvalidArgument(
+                field, f"unknown task {task!r}; served: {', '.join(self.pool.tasks)}"
+            )
+        return task
+
+    def _check_text(self, text: str, field: str) -> None:
+        if not text.strip():
+            raise InvalidArgument(field, "must not be empty")
+        if len(text) > self.settings.max_input_chars:
+            raise InvalidArgument(
+                field, f"is {len(text)} characters; the limit is {self.settings.max_input_chars}"
+            )
+
+    def _dialogue_source(self, request) -> str:
+        turns = list(request.history)
+        if len(turns) > self.settings.max_history_turns:
+            raise InvalidArgument(
+                "history", f"{len(turns)} turns; the limit is {self.settings.max_history_turns}"
+            )
+        for i, turn in enumerate(turns):
+            self._check_text(turn.text, f"history[{i}].text")
+        self._check_text(request.message, "message")
+        context_turns = self.pool.tasks.get("respond", {}).get("context_turns", 0)
+        history = [Turn(t.text, t.from_user) for t in turns]
+        return source_text(history, request.message, context_turns)
+
+    def _options(self, o: pb.DecodingOptions, task: str) -> dict[str, Any]:
+        """DecodingOptions -> engine SearchOptions fields; INVALID_ARGUMENT names the field."""
+        s = self.settings
+        info = self.pool.tasks[task]
+        default_max = min(info["max_target_length"], s.max_output_length)
+        defaults = self._defaults(task)
+        beam = _get(o, "beam_size", 1 if o.sample else defaults["beam_size"])
+        options = {
+            "beam_size": _in_range("options.beam_size", beam, 1, s.max_beam_size),
+            "n_best": _in_range("options.n_best", _get(o, "n_best", 1), 1, min(beam, s.max_n_best)),
+            "max_length": _in_range(
+                "options.max_length", _get(o, "max_length", default_max), 1, s.max_output_length
+            ),
+            "length_penalty": _finite(
+                "options.length_penalty",
+                _get(o, "length_penalty", defaults["length_penalty"]),
+                0.0,
+                5.0,
+            ),
+            "no_repeat_ngram": _in_range(
+                "options.no_repeat_ngram",
+                _get(o, "no_repeat_ngram", defaults["no_repeat_ngram"]),
+                0,
+                10,
+            ),
+            "sampling": o.sample,
+            "return_attention": o.return_attention,
+        }
+        options["min_length"] = _in_range(
+            "options.min_length", _get(o, "min_length", 0), 0, options["max_length"] - 1
+        )
+        if o.sample and beam != 1:
+            raise InvalidArgument(
+                "options.sample", "sampling decodes one hypothesis: beam_size must be 1"
+            )
+        for name in SAMPLING_ONLY:
+            if o.HasField(name) and not o.sample:
+                raise InvalidArgument(f"options.{name}", "applies only with sample=true")
+        if o.sample:
+            options["temperature"] = _finite(
+                "options.temperature", _get(o, "temperature", 1.0), 0.01, 100.0
+            )
+            options["top_k"] = _in_range("options.top_k", _get(o, "top_k", 0), 0, 1_000_000)
+            options["top_p"] = _finite("options.top_p", _get(o, "top_p", 1.0), 1e-6, 1.0)
+            options["seed"] = o.seed if o.HasField("seed") else None
+        return options
+
+    def _defaults(self, task: str) -> dict[str, Any]:
+        """What an unset option decodes with: the bundle's choice for the task (its beam
+        capped at max_beam_size), unless the server's default_beam_size is set."""
+        bundle = self.pool.tasks[task].get("decoding", {})
+        beam = min(int(bundle.get("beam_size", 1)), self.settings.max_beam_size)
+        return {
+            "beam_size": self.settings.default_beam_size or beam,
+            "length_penalty": float(bundle.get("length_penalty", 0.0)),
+            "no_repeat_ngram": int(bundle.get("no_repeat_ngram", 0)),
+        }
+
+    def _task_infos(self) -> list[pb.TaskInfo]:
+        return [
+            pb.TaskInfo(
+                task=task,
+                model_id=i["model_id"],
+                model_version=i["model_version"],
+                metric=i["metric"],
+                valid_scores=_numbers(i["valid_scores"]),
+                context_turns=i.get("context_turns", 0),
+                defaults=pb.DecodingOptions(**self._defaults(task)),
+            )
+            for task, i in self.pool.tasks.items()
+        ]
+
+    def _limits(self) -> pb.Limits:
+        s = self.settings
+        return pb.Limits(
+            max_input_chars=s.max_input_chars,
+            max_beam_size=s.max_beam_size,
+            max_n_best=s.max_n_best,
+            max_output_length=s.max_output_length,
+            max_batch_items=s.max_batch_items,
+            max_history_turns=s.max_history_turns,
+        )
+
+
+async def _as_field(awaitable, field: str):
+    """An input the worker refused (too many tokens) named as the caller named it."""
+    try:
+        return await awaitable
+    except InvalidArgument as e:
+        if e.field != "text" or field == "text":
+            raise
+        raise InvalidArgument(field, e.problem) from None
+
+
+async def _all(awaitables: list) -> list:
+    """Every result, in order; when one fails the others stop (their decoding too)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+
+
+def _get(message, name: str, default):
+    return getattr(message, name) if message.HasField(name) else default
+
+
+def _in_range(field: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high} (got {value})")
+    return int(value)
+
+
+def _finite(field: str, value: float, low: float, high: float) -> float:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low:g} and {high:g} (got {value:g})")
+    return float(value)
+
+
+def _numbers(scores: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+
+
+def _recalled(value: bytes, model: dict[str, Any]) -> pb.GenerateResponse | None:
+    """A cached answer, if it is one and of the bundle now serving; None otherwise (a
+    damaged or foreign value in a shared Redis must never reach a caller)."""
+    try:
+        response = pb.GenerateResponse.FromString(value)
+    except DecodeError:
+        return None
+    if (response.model_id, response.model_version) != (
+        model["model_id"],
+        model["model_version"],
+    ):
+        return None
+    response.cached = True
+    return response
+
+
+def _response(outcome: Outcome, cached: bool = False) -> pb.GenerateResponse:
+    r, info = outcome.result, outcome.task_info
+    response = pb.GenerateResponse(
+        text=r["text"],
+        score=r["score"],
+        cached=cached,
+        model_id=info["model_id"],
+        model_version=info["model_version"],
+        queue_ms=outcome.queue_ms,
+        compute_ms=outcome.compute_ms,
+        truncated=r["truncated"],
+        batch_size=outcome.batch_size,
+        alternatives=[pb.Alternative(text=t, score=s) for t, s in r["alternatives"]],
+    )
+    if r["attention"] is not None:
+        rows = r["attention"]
+        response.source_tokens.extend(r["source_tokens"])
+        response.target_tokens.extend(r["tokens"])
+        response.attention.rows = len(rows)
+        response.attention.cols = len(rows[0]) if rows else 0
+        response.attention.weights.extend(w for row in rows for w in row)
+    return response
