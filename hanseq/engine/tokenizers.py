@@ -56,7 +56,9 @@ class SentencePieceModel:
         self.sp = spm.SentencePieceProcessor(model_proto=proto)
 
     @classmethod
-    def train(cls, sentences: Iterable[str], vocab_size: int, dummy_prefix: bool):
+    def train(
+        cls, sentences: Iterable[str], vocab_size: int, dummy_prefix: bool
+    ) -> SentencePieceModel:
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),

@@ -20,7 +20,9 @@ class Vocabulary:
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
 
     @classmethod
-    def from_counts(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None):
+    def from_counts(
+        cls, counts: Counter[str], min_freq: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
         ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: -counts[t])
         return cls(ranked[:max_size] if max_size else ranked)
 

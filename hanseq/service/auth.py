@@ -9,6 +9,7 @@ matched. A refused call gets UNAUTHENTICATED and reaches nothing behind this int
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -41,7 +42,7 @@ def load_tokens(s: Settings) -> tuple[bytes, ...]:
     return tuple(t.encode() for t in tokens)
 
 
-def presented(metadata) -> bytes | None:
+def presented(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :].strip().encode()
@@ -62,7 +63,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.tokens = tokens
         self._refusing: dict[str, grpc.RpcMethodHandler] = {}  # one per method
 
-    async def intercept_service(self, continuation, details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIX):
             return handler
@@ -83,12 +88,15 @@ def _refusing(handler: grpc.RpcMethodHandler, hanseq: bool) -> grpc.RpcMethodHan
     interceptor outside turns it into the status and counts it); others, e.g. reflection,
     have no such interceptor and abort themselves."""
 
-    async def refuse(request, context):
+    # request: unused; a message, or for client-streaming methods an iterator of them
+    async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
         if hanseq:
             raise Unauthenticated(MESSAGE)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
 
-    async def refuse_stream(request, context):
+    async def refuse_stream(
+        request: object, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
         await refuse(request, context)
         yield  # pragma: no cover  (never reached: refuse raises)
 

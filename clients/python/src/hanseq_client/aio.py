@@ -121,11 +121,15 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def _result(self, method: str, request: Any, timeout: float | None, rid: str | None):
+    async def _result(
+        self, method: str, request: Any, timeout: float | None, rid: str | None
+    ) -> Result:
         reply, ms = await self._call(method, request, timeout, rid)
         return result_from_pb(reply, ms)
 
-    async def _call(self, method: str, request: Any, timeout: float | None, rid: str | None):
+    async def _call(
+        self, method: str, request: Any, timeout: float | None, rid: str | None
+    ) -> tuple[Any, float]:  # the reply: the method's response message
         started = time.perf_counter()
         try:
             reply = await self._start(method, request, timeout, rid)
@@ -133,7 +137,9 @@ class AsyncClient(ClientBase):
             raise from_rpc_error(e) from None
         return reply, (time.perf_counter() - started) * 1000
 
-    async def _updates(self, request: Any, timeout: float | None, rid: str | None):
+    async def _updates(
+        self, request: Any, timeout: float | None, rid: str | None
+    ) -> AsyncIterator[StreamUpdate]:
         started, deadline = time.perf_counter(), self._deadline(timeout)
         resumption = self._resumption(request)
         while True:

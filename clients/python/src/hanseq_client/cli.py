@@ -153,11 +153,17 @@ def _history_flags(parser: argparse.ArgumentParser) -> None:
 
 
 class _TurnAction(argparse.Action):
-    def __init__(self, *args, from_user: bool, **kw):
+    def __init__(self, *args: Any, from_user: bool, **kw: Any):  # argparse.Action's arguments
         super().__init__(*args, **kw)
         self.from_user = from_user
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
         turns = [*getattr(namespace, self.dest, []), Turn(str(values), self.from_user)]
         setattr(namespace, self.dest, turns)
 

@@ -133,11 +133,13 @@ class Client(ClientBase):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _result(self, method: str, request: Any, timeout: float | None, rid: str | None):
+    def _result(self, method: str, request: Any, timeout: float | None, rid: str | None) -> Result:
         reply, ms = self._call(method, request, timeout, rid)
         return result_from_pb(reply, ms)
 
-    def _call(self, method: str, request: Any, timeout: float | None, rid: str | None):
+    def _call(
+        self, method: str, request: Any, timeout: float | None, rid: str | None
+    ) -> tuple[Any, float]:  # the reply: the method's response message
         started = time.perf_counter()
         try:
             reply = self._start(method, request, timeout, rid)
@@ -145,7 +147,9 @@ class Client(ClientBase):
             raise from_rpc_error(e) from None
         return reply, (time.perf_counter() - started) * 1000
 
-    def _updates(self, request: Any, timeout: float | None, rid: str | None):
+    def _updates(
+        self, request: Any, timeout: float | None, rid: str | None
+    ) -> Iterator[StreamUpdate]:
         started, deadline = time.perf_counter(), self._deadline(timeout)
         resumption = self._resumption(request)
         while True:

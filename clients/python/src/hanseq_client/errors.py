@@ -35,8 +35,8 @@ class Overloaded(HanseqError):
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
-        super().__init__(message, **kw)
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: str):
+        super().__init__(message, **kw)  # code, request_id
         self.retry_after = retry_after
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 from hanseq_client.results import Attention
 
@@ -76,7 +77,7 @@ def find_font(labels: list[str], font: str | os.PathLike | None = None) -> str:
     return _font_family(_needed(labels), font)
 
 
-def _pyplot():
+def _pyplot() -> tuple[ModuleType, ModuleType]:  # matplotlib, matplotlib.pyplot
     try:
         import matplotlib
 
@@ -116,7 +117,7 @@ def _font_family(needed: set[str], font: str | os.PathLike | None) -> str:
     raise FontNotFound(INSTALL_HINT)
 
 
-def _candidates(font_manager) -> list[str]:
+def _candidates(font_manager: ModuleType) -> list[str]:
     paths = [
         p for p in font_manager.findSystemFonts() if p.lower().endswith((".ttf", ".otf", ".ttc"))
     ]
@@ -141,6 +142,6 @@ def _covered(path: str, needed: frozenset[str]) -> set[str]:
     return {ch for ch in needed if ord(ch) in charmap}
 
 
-def _register(font_manager, path: str) -> str:
+def _register(font_manager: ModuleType, path: str) -> str:
     font_manager.fontManager.addfont(path)
     return font_manager.FontProperties(fname=path).get_name()
