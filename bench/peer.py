@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hanseq.engine.bundle import Side, load_bundle  # noqa: E402
 from hanseq.engine.config import Config, load_config  # noqa: E402
-from hanseq.engine.copy import copy_maps  # noqa: E402
 from hanseq.engine.data import read_tsv  # noqa: E402
 from hanseq.engine.heads import build_model  # noqa: E402
 from hanseq.engine.metrics import bleu, chrf  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
+from hanseq.engine.pointer import copy_maps  # noqa: E402
 from hanseq.engine.quantize import quantize_decoders  # noqa: E402
 from hanseq.engine.vocabulary import SPECIALS  # noqa: E402
 

@@ -106,7 +106,7 @@ def test_not_a_bundle(tmp_path):
 
 def test_the_shipped_models_load_and_serve_every_task():
     """What `make serve` serves: verified, loadable, three heads that answer."""
-    from hanseq.service.workers import find_bundles
+    from hanseq.engine.manifest import find_bundles
     from tests.conftest import REPO
 
     (path,) = find_bundles(REPO / "models")

@@ -6,6 +6,7 @@ metrics are scraped over HTTP and parsed with prometheus_client's parser."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import urllib.request
@@ -16,7 +17,9 @@ import pytest_asyncio
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from hanseq.engine.options import SearchOptions
 from hanseq.service.cache import LocalCache, cache_key, cacheable, redacted
+from hanseq.service.protocol import TaskInfo
 from hanseq.service.server import create_app
 from hanseq.service.settings import load_settings
 from hanseq.v1 import hanseq_pb2 as pb
@@ -25,7 +28,7 @@ from tests.conftest import RedisServer, reversal_pairs
 
 ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")  # the fixture's loop
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(20, seed=77)]
-MODEL = {"model_id": "m", "model_version": "1"}
+MODEL = TaskInfo(model_id="m", model_version="1", metric="bleu")
 FRESH = pb.DecodingOptions(no_cache=True)
 
 
@@ -44,20 +47,21 @@ def test_local_cache_is_bounded_by_entries_and_bytes():
 
 
 def test_the_key_changes_with_everything_that_decides_the_answer():
-    base = cache_key(MODEL, "translate", "안녕  하세요", {"beam_size": 1})
-    assert base == cache_key(MODEL, "translate", " 안녕 하세요 ", {"beam_size": 1})  # same input
+    one, two = SearchOptions(beam_size=1), SearchOptions(beam_size=2)
+    base = cache_key(MODEL, "translate", "안녕  하세요", one)
+    assert base == cache_key(MODEL, "translate", " 안녕 하세요 ", one)  # same input
     assert base != cache_key(
-        {**MODEL, "model_version": "2"}, "translate", "안녕 하세요", {"beam_size": 1}
+        dataclasses.replace(MODEL, model_version="2"), "translate", "안녕 하세요", one
     )
-    assert base != cache_key(MODEL, "summarize", "안녕 하세요", {"beam_size": 1})
-    assert base != cache_key(MODEL, "translate", "안녕 하세요", {"beam_size": 2})
+    assert base != cache_key(MODEL, "summarize", "안녕 하세요", one)
+    assert base != cache_key(MODEL, "translate", "안녕 하세요", two)
 
 
 def test_what_is_cacheable():
-    assert cacheable({"sampling": False}, no_cache=False)
-    assert not cacheable({"sampling": False}, no_cache=True)
-    assert not cacheable({"sampling": True, "seed": None}, no_cache=False)
-    assert cacheable({"sampling": True, "seed": 7}, no_cache=False)
+    assert cacheable(SearchOptions(sampling=False), no_cache=False)
+    assert not cacheable(SearchOptions(sampling=False), no_cache=True)
+    assert not cacheable(SearchOptions(sampling=True, seed=None), no_cache=False)
+    assert cacheable(SearchOptions(sampling=True, seed=7), no_cache=False)
 
 
 # ---- against servers -------------------------------------------------------------------------
@@ -163,8 +167,8 @@ async def test_a_known_sequence_gives_exactly_these_metrics(start, redis_server)
             m,
             "hanseq_bundle_info",
             task="translate",
-            model_id=info["model_id"],
-            version=info["model_version"],
+            model_id=info.model_id,
+            version=info.model_version,
         )
         == 1
     )

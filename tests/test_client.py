@@ -21,8 +21,8 @@ import pytest
 
 import hanseq_client
 from hanseq.engine.bundle import load_bundle
+from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
-from hanseq.engine.search import SearchOptions
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq_client import NO_RETRY, TLS, AsyncClient, Client, Retry, Turn
 from hanseq_client import errors as E

@@ -86,7 +86,12 @@ def test_models_table_and_json(target):
         "metric",
         "valid",
         "score",
+        "context",
+        "defaults",
     ]
+    translate = table.stdout.splitlines()[1].split()
+    assert translate[0] == "translate" and translate[-2] == "none"  # no context turns
+    assert translate[-1] == "beam_size=1,length_penalty=0,no_repeat_ngram=0"
     assert "max_beam_size=8" in table.stdout
     as_json = json.loads(cli("--target", target, "models", "--json").stdout)
     assert [t["task"] for t in as_json["tasks"]] == ["translate", "respond", "summarize"]

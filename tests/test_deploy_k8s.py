@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hanseq.service.server import health_names
+from hanseq.service.lifecycle import health_names
 from hanseq.service.settings import FIELDS, env_name
 from tests.conftest import REPO
 from tests.test_deploy_monitoring import exported

@@ -12,6 +12,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hanseq.service.metrics import Metrics
+from hanseq.service.protocol import TaskInfo
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NAME = re.compile(r"\b((?:hanseq|grpc_server|process)_[a-z_]+)")
@@ -20,7 +21,7 @@ NAME = re.compile(r"\b((?:hanseq|grpc_server|process)_[a-z_]+)")
 def exported() -> set[str]:
     """Every sample name a server's /metrics can show, with a state as it has when serving."""
     metrics = Metrics()
-    task = {"model_id": "m", "model_version": "1"}
+    task = TaskInfo(model_id="m", model_version="1", metric="bleu")
     metrics.watch(
         lambda: {"queued": {"t": 0}, "queue_limit": 1, "alive": 1, "busy": 0, "tasks": {"t": task}}
     )

@@ -8,9 +8,9 @@ import json
 
 import torch
 
+from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.quantize import Int8LSTMCell, quantize_decoders
-from hanseq.engine.search import SearchOptions
 from hanseq.engine.vocabulary import BOS_ID
 from tests.conftest import encode_texts, reversal_pairs
 from tests.test_cli import hanseq

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hanseq.engine.options import InvalidOptions, SearchOptions
 from hanseq.engine.pipeline import Pipeline
-from hanseq.engine.search import InvalidOptions, SearchOptions, search
+from hanseq.engine.search import search
 from hanseq.engine.vocabulary import EOS_ID
 from tests.conftest import encode_texts, reversal_pairs
 

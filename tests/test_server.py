@@ -125,7 +125,7 @@ async def test_list_models_shows_tasks_versions_and_limits(served):
     app, stub, _, _ = served
     reply = await stub.ListModels(pb.ListModelsRequest())
     assert [t.task for t in reply.tasks] == ["translate", "respond", "summarize"]
-    assert all(t.model_version == app.pool.tasks[t.task]["model_version"] for t in reply.tasks)
+    assert all(t.model_version == app.pool.tasks[t.task].model_version for t in reply.tasks)
     assert reply.tasks[0].metric == "bleu" and "bleu" in reply.tasks[0].valid_scores
     assert reply.tasks[1].metric == "rouge_l" and "rouge_l" in reply.tasks[1].valid_scores
     assert reply.limits.max_beam_size == 8 and reply.limits.max_input_chars == 2000

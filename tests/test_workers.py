@@ -2,8 +2,9 @@
 cancellation, driven message by message as the server's pipe would.
 
 No GPU here, so GPU memory is the one thing stood in for: a running batch's step (or, for beam
-search, the pipeline) is wrapped to raise torch.OutOfMemoryError over two rows. The runner,
-the bundle and the decoding are the real ones."""
+search, the scheduler's beam group) is wrapped to raise torch.OutOfMemoryError over two rows.
+The runner, the bundle and the decoding are the real ones. Batch ``seq`` holds rows
+``100 * seq + i``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ import pytest
 import torch
 
 from hanseq.engine.continuous import RunningBatch
+from hanseq.engine.manifest import find_bundles
+from hanseq.engine.options import SearchOptions
+from hanseq.engine.scheduler import Scheduler
+from hanseq.service.protocol import (
+    BatchKey,
+    Cancel,
+    Cancelled,
+    DecodeBatch,
+    Done,
+    Failed,
+    Partial,
+    Refused,
+    Row,
+)
 from hanseq.service.worker_process import Runner
-from hanseq.service.workers import find_bundles
 from tests.conftest import REPO, reversal_pairs
 
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(7, seed=51)]
@@ -28,7 +42,7 @@ class Pipe:
         self.sent.append(message)
 
     def results(self, seq):
-        done = {m[2]: m[3] for m in self.sent if m[0] == "done" and m[1] == seq}
+        done = {m.row: m.answer for m in self.sent if isinstance(m, Done) and m.row // 100 == seq}
         return [done[row] for row in sorted(done)]
 
 
@@ -41,15 +55,16 @@ def loaded(service_bundle_path):
 def runner(loaded):
     loaded.conn = Pipe()  # a fresh record of what it sends, per test
     yield loaded
-    assert not loaded.running and not loaded.rows  # nothing left behind
+    assert not loaded._decoding() and not loaded.held  # nothing left behind
 
 
 def batch(seq, texts, task="translate", stream=(), **options):
-    return ("batch", seq, task, texts, {"max_length": 20, **options}, list(stream))
+    rows = [Row(100 * seq + i, text, i in stream) for i, text in enumerate(texts)]
+    return DecodeBatch(BatchKey(task, SearchOptions(**{"max_length": 20, **options})), rows)
 
 
 def drain(runner):
-    while runner.running or runner.beams:
+    while runner._decoding():
         runner.step()
 
 
@@ -57,23 +72,23 @@ def test_rows_joining_a_running_batch_get_what_they_get_alone(runner):
     for seq, text in enumerate(TEXTS, 100):
         runner.handle(batch(seq, [text]))
         drain(runner)
-    alone = [runner.conn.results(seq)[0]["text"] for seq in range(100, 107)]
+    alone = [runner.conn.results(seq)[0].text for seq in range(100, 107)]
     runner.conn = Pipe()
     runner.handle(batch(1, TEXTS[:3]))
     runner.step()
     runner.step()
     runner.handle(batch(2, TEXTS[3:]))  # joins rows that are two steps ahead
     drain(runner)
-    together = [r["text"] for r in runner.conn.results(1) + runner.conn.results(2)]
+    together = [r.text for r in runner.conn.results(1) + runner.conn.results(2)]
     assert together == alone
-    sizes = {m[5] for m in runner.conn.sent if m[1] == 2}
+    sizes = {m.batch_size for m in runner.conn.sent if isinstance(m, Done) and m.row // 100 == 2}
     assert max(sizes) > len(TEXTS[3:])  # it decoded alongside batch 1
 
 
 def test_a_step_out_of_memory_splits_the_batch_until_it_fits(runner, monkeypatch):
     runner.handle(batch(1, TEXTS))
     drain(runner)
-    expected = [r["text"] for r in runner.conn.results(1)]
+    expected = [r.text for r in runner.conn.results(1)]
     real, sizes = RunningBatch.step, []
 
     def limited(self, *args, **kwargs):
@@ -85,7 +100,7 @@ def test_a_step_out_of_memory_splits_the_batch_until_it_fits(runner, monkeypatch
     monkeypatch.setattr(RunningBatch, "step", limited)
     runner.handle(batch(2, TEXTS))
     drain(runner)
-    assert [r["text"] for r in runner.conn.results(2)] == expected
+    assert [r.text for r in runner.conn.results(2)] == expected
     assert sizes[0] == 7 and 2 in sizes
 
 
@@ -93,7 +108,7 @@ def test_only_the_row_that_fails_alone_fails(runner, monkeypatch):
     real = RunningBatch.step
 
     def fragile(self, *args, **kwargs):
-        if any(runner.rows[k].row == 3 for k in self.keys):
+        if any(k % 100 == 3 for k in self.keys):
             raise RuntimeError("this input breaks decoding")
         return real(self, *args, **kwargs)
 
@@ -101,24 +116,24 @@ def test_only_the_row_that_fails_alone_fails(runner, monkeypatch):
     runner.handle(batch(3, TEXTS))
     drain(runner)
     results = runner.conn.results(3)
-    assert "this input breaks decoding" in results[3]["error"]
-    assert all("text" in r for i, r in enumerate(results) if i != 3)
+    assert isinstance(results[3], Failed) and "this input breaks decoding" in results[3].message
+    assert all(hasattr(r, "text") for i, r in enumerate(results) if i != 3)
 
 
 def test_beam_batches_split_and_retry_too(runner, monkeypatch):
     pipeline = runner.pipelines["translate"]
     expected = pipeline.generate("translate", TEXTS, _beam())
-    real = pipeline.generate
+    real = Scheduler._beam
 
-    def limited(task, texts, *args, **kwargs):
-        if len(texts) > 2:
+    def limited(self, key, group):
+        if len(group) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
-        return real(task, texts, *args, **kwargs)
+        return real(self, key, group)
 
-    monkeypatch.setattr(pipeline, "generate", limited)
+    monkeypatch.setattr(Scheduler, "_beam", limited)
     runner.handle(batch(4, TEXTS, beam_size=3))
     drain(runner)
-    assert [r["text"] for r in runner.conn.results(4)] == [g.text for g in expected]
+    assert [r.text for r in runner.conn.results(4)] == [g.text for g in expected]
 
 
 def test_beam_rows_go_in_groups_and_cancelled_ones_are_never_decoded(runner):
@@ -128,30 +143,28 @@ def test_beam_rows_go_in_groups_and_cancelled_ones_are_never_decoded(runner):
     runner.step()
     assert len(runner.conn.results(11)) == 8  # the first group only
     for row in range(8, 20):
-        runner.handle(("cancel", 11, row))  # its caller left
+        runner.handle(Cancel(1100 + row))  # its caller left
     drain(runner)
     answers = runner.conn.results(11)  # every row is answered, or the parent's count leaks
-    assert len(answers) == 20 and answers[8:] == [{"cancelled": True}] * 12
-    assert all("text" in a for a in answers[:8]) and runner.conn.results(12)[0]["text"]
+    assert len(answers) == 20 and answers[8:] == [Cancelled()] * 12
+    assert all(hasattr(a, "text") for a in answers[:8]) and runner.conn.results(12)[0].text
 
 
 def _beam():
-    from hanseq.engine.options import SearchOptions
-
     return SearchOptions(beam_size=3, max_length=20)
 
 
 def test_stream_rows_get_partials_and_cancelled_rows_stop(runner):
     runner.handle(batch(5, TEXTS[:3], task="respond", stream=[0], max_length=60, min_length=40))
-    runner.handle(("cancel", 5, 1))  # row 1's caller left before its first step
+    runner.handle(Cancel(501))  # row 1's caller left before its first step: never decoded
     runner.step()
-    runner.handle(("cancel", 5, 2))
+    runner.handle(Cancel(502))
     drain(runner)
     results = runner.conn.results(5)
-    partials = [m for m in runner.conn.sent if m[0] == "partial"]
-    assert {m[2] for m in partials} == {0} and partials[-1][3] == results[0]["text"]
-    assert len(results[1]["tokens"]) <= 1 and len(results[2]["tokens"]) <= 2
-    assert len(results[0]["tokens"]) >= 40
+    partials = [m for m in runner.conn.sent if isinstance(m, Partial)]
+    assert {m.row for m in partials} == {500} and partials[-1].text == results[0].text
+    assert results[1] == Cancelled() and len(results[2].tokens) <= 2
+    assert len(results[0].tokens) >= 40
 
 
 def test_a_message_whose_rows_are_all_answered_at_once_starts_no_batch(runner):
@@ -160,25 +173,25 @@ def test_a_message_whose_rows_are_all_answered_at_once_starts_no_batch(runner):
         runner.handle(batch(13, ["사과 바다 하늘 학교"]))  # over the limit: answered at once
     finally:
         runner.max_tokens = 0
-    assert not runner.running  # an empty running batch would be stepped forever
+    assert not runner._decoding()  # an empty running batch would be stepped forever
     runner.handle(batch(14, [TEXTS[0]]))
     drain(runner)
-    assert runner.conn.results(14)[0]["text"]
+    assert runner.conn.results(14)[0].text
 
 
 def test_an_empty_text_is_answered_at_once(runner):
     runner.handle(batch(6, ["", TEXTS[0]]))
-    assert runner.conn.results(6)[0]["text"] == ""
+    assert runner.conn.results(6)[0].text == ""
     drain(runner)
-    assert runner.conn.results(6)[1]["text"]
+    assert runner.conn.results(6)[1].text
 
 
 def test_a_request_the_loop_cannot_take_fails_alone(runner):
     runner.handle(batch(7, [TEXTS[0]]))  # in flight while the bad one arrives
-    runner._handle_safely(batch(8, TEXTS[1:3], bogus_option=1))
-    assert [r.get("error", "")[:9] for r in runner.conn.results(8)] == ["TypeError"] * 2
+    runner.handle(batch(8, TEXTS[1:3], beam_size="two"))  # a broken message
+    assert [r.message[:9] for r in runner.conn.results(8)] == ["TypeError"] * 2
     drain(runner)
-    assert runner.conn.results(7)[0]["text"]  # the worker lived on and finished it
+    assert runner.conn.results(7)[0].text  # the worker lived on and finished it
 
 
 def test_inputs_over_the_token_limit_are_refused_at_once(runner):
@@ -187,13 +200,13 @@ def test_inputs_over_the_token_limit_are_refused_at_once(runner):
         long, short = "사과 바다 하늘 학교", "사과 바다"
         runner.handle(batch(9, [long, short]))
         runner.handle(batch(10, [long], beam_size=2))  # none left to decode: nothing runs
-        assert not runner.beams
+        assert not runner.schedulers["translate"]._beams
         drain(runner)
     finally:
         runner.max_tokens = 0
-    assert runner.conn.results(9)[0] == {"invalid": "is 4 tokens; the limit is 3"}
-    assert runner.conn.results(9)[1]["text"]
-    assert runner.conn.results(10) == [{"invalid": "is 4 tokens; the limit is 3"}]
+    assert runner.conn.results(9)[0] == Refused("is 4 tokens; the limit is 3")
+    assert runner.conn.results(9)[1].text
+    assert runner.conn.results(10) == [Refused("is 4 tokens; the limit is 3")]
 
 
 def test_find_bundles(service_bundle_path, tmp_path):
@@ -225,19 +238,24 @@ def test_a_real_cuda_out_of_memory_splits_and_every_row_is_answered():
     words = ["파일", "문서", "저장", "열기", "닫기", "편집", "보기", "설정", "글꼴", "색상"]
     texts = [" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(1024)]
 
-    def decode(seq: int) -> tuple[list[dict], int]:
+    def decode(seq: int) -> tuple[list, int]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         runner.conn = Pipe()
-        runner.handle(("batch", seq, "translate", texts, {"max_length": 40}, []))
+        rows = [Row(100_000 * seq + i, text) for i, text in enumerate(texts)]
+        runner.handle(DecodeBatch(BatchKey("translate", SearchOptions(max_length=40)), rows))
         drain(runner)
-        return runner.conn.results(seq), torch.cuda.max_memory_reserved()
+        done = [m for m in runner.conn.sent if isinstance(m, Done)]
+        return [
+            m.answer for m in sorted(done, key=lambda m: m.row)
+        ], torch.cuda.max_memory_reserved()
 
     torch.cuda.empty_cache()
     base = torch.cuda.memory_reserved()
     roomy, peak = decode(1)
-    recovered, recover = [], runner._recover
-    runner._recover = lambda: (recovered.append(True), recover())[1]  # type: ignore[method-assign]
+    scheduler = runner.schedulers["translate"]
+    recovered, recover = [], scheduler._recover
+    scheduler._recover = lambda: (recovered.append(True), recover())[1]  # type: ignore[method-assign]
     room = base + (peak - base) * 3 // 4
     torch.cuda.set_per_process_memory_fraction(
         room / torch.cuda.get_device_properties(0).total_memory
@@ -246,5 +264,5 @@ def test_a_real_cuda_out_of_memory_splits_and_every_row_is_answered():
         tight, _ = decode(2)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    assert [r.get("text") for r in tight] == [r["text"] for r in roomy]
+    assert [getattr(r, "text", None) for r in tight] == [r.text for r in roomy]
     assert recovered  # it did run out, and split

@@ -18,17 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hanseq.engine.config import ModelConfig, TokenizerConfig, from_dict
-from hanseq.engine.copy import copy_maps
 from hanseq.engine.dialogue import MARK_PATTERN, MARKS, USER_MARK, split_marks
 from hanseq.engine.heads import Seq2Seq, build_model
+from hanseq.engine.manifest import FORMAT_VERSION, MANIFEST, WEIGHTS
 from hanseq.engine.options import InvalidOptions, decoding_defaults
+from hanseq.engine.pointer import copy_maps
 from hanseq.engine.shortlist import LexicalTable
 from hanseq.engine.tokenizers import Tokenizer, build_tokenizer
 from hanseq.engine.vocabulary import Vocabulary
-
-FORMAT_VERSION = 1
-MANIFEST = "bundle.json"
-WEIGHTS = "weights.safetensors"
 
 
 class BundleError(ValueError):

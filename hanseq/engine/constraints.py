@@ -1,5 +1,5 @@
-"""Rules every search applies to one step's distribution: length limits, n-gram blocking,
-never-shown tokens, and the sampling filters (temperature, top-k, top-p).
+"""Rules every search applies to one step's distribution: length limits, n-gram blocking and
+never-shown tokens (sampling's own filters are in sampling.py).
 
 Each row carries its own step count, so rows that started at different steps (continuous
 batching) share one call.
@@ -60,28 +60,3 @@ def ban_repeats(
         inside = shortlist.columns[columns] == banned
         rows, banned = rows[inside], columns[inside]
     logp[rows, banned] = NEG_INF
-
-
-def generators(batch: int, opts: SearchOptions, device: torch.device) -> list[torch.Generator]:
-    """One generator per row, all with the request's seed: a row samples the same tokens
-    whether it is decoded alone or in a batch."""
-    seed = opts.seed if opts.seed is not None else int(torch.randint(2**62, ()).item())
-    return [torch.Generator(device=device).manual_seed(seed) for _ in range(batch)]
-
-
-def sample(
-    logits: Tensor, logp: Tensor, opts: SearchOptions, generators: list[torch.Generator]
-) -> Tensor:
-    """Sample from softmax(logits / T), restricted to top-k / top-p and to allowed tokens."""
-    scaled = (logits.float() / opts.temperature).masked_fill(torch.isinf(logp), NEG_INF)
-    if opts.top_k:
-        kth = scaled.topk(min(opts.top_k, scaled.size(-1)), -1).values[:, -1:]
-        scaled = scaled.masked_fill(scaled < kth, NEG_INF)
-    if opts.top_p < 1.0:
-        ordered, order = scaled.sort(-1, descending=True)
-        before = torch.softmax(ordered, -1).cumsum(-1) - torch.softmax(ordered, -1)
-        drop = (before >= opts.top_p).scatter(1, order, before >= opts.top_p)
-        scaled = scaled.masked_fill(drop, NEG_INF)
-    probs = torch.softmax(scaled, -1)
-    picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
-    return torch.cat(picks)

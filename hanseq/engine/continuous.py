@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hanseq.engine.constraints import constrain, generators, sample
+from hanseq.engine.constraints import constrain
 from hanseq.engine.decoders import DecoderState, Memory
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import Hypothesis, InvalidOptions, SearchOptions, length_penalty
+from hanseq.engine.sampling import generators, sample
 from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 

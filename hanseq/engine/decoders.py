@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from hanseq.engine.attention import build_attention
 from hanseq.engine.config import ModelConfig
-from hanseq.engine.copy import CopySources
 from hanseq.engine.encoders import EncoderOutput
+from hanseq.engine.pointer import CopySources
 from hanseq.engine.quantize import Int8Decoder
 from hanseq.engine.shortlist import RowShortlist
 from hanseq.engine.vocabulary import PAD_ID

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from hanseq.engine.config import ConfigurationError, ModelConfig
-from hanseq.engine.copy import CopyGate, CopySources
 from hanseq.engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from hanseq.engine.encoders import Encoder, EncoderOutput, build_encoder
+from hanseq.engine.pointer import CopyGate, CopySources
 from hanseq.engine.quantize import Int8Linear
 from hanseq.engine.shortlist import LexicalTable, RowShortlist
 from hanseq.engine.vocabulary import PAD_ID
@@ -237,7 +237,7 @@ def build_model(
     tgt_vocabs: dict[str, int],
     copy_maps: dict[str, Tensor] | None = None,
 ) -> Seq2Seq:
-    """``copy_maps`` (task -> engine.copy.copy_map of its vocabularies) when ``cfg.copy``."""
+    """``copy_maps`` (task -> engine.pointer.copy_map of its vocabularies) when ``cfg.copy``."""
     if not tgt_vocabs:
         raise ConfigurationError("tasks: a model needs at least one task head")
     maps: dict[str, Tensor | None] = {t: None for t in tgt_vocabs}

@@ -1,22 +1,30 @@
-"""What a caller asks of a search (SearchOptions) and what it gets back (Hypothesis).
+"""What a caller asks of a search (SearchOptions) and what it gets back: a Hypothesis (ids,
+inside the engine) and a Generation (text, what leaves it).
 
 Scores are summed log-probabilities (EOS included) divided by the GNMT length penalty
 ``((5 + length) / 6) ** alpha``; alpha 0 leaves them raw.
+
+Torch-free at run time: the server process builds SearchOptions and reads Generations without
+importing torch (only its workers load it), so Tensor is imported for type checking alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class InvalidOptions(ValueError):
     """A decoding option is out of range; the message names it and its limit."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchOptions:
+    """Frozen, so hashable: inputs decode together only with equal options (a batch key)."""
+
     beam_size: int = 1
     n_best: int = 1
     max_length: int = 100  # generated tokens, EOS included
@@ -74,6 +82,19 @@ class Hypothesis:
     tokens: list[int]  # target ids, without BOS and EOS
     score: float
     attention: Tensor | None = None  # (len(tokens) + 1) x src_len, the EOS step included
+
+
+@dataclass
+class Generation:
+    """One input's output as text: what the CLI prints and the service answers."""
+
+    text: str
+    score: float
+    tokens: list[str] = field(default_factory=list)  # target tokens (pieces / morphemes)
+    source_tokens: list[str] = field(default_factory=list)
+    alternatives: list[tuple[str, float]] = field(default_factory=list)  # n-best after the 1st
+    attention: list[list[float]] | None = None  # (len(tokens) + 1) x (len(source_tokens) + 1)
+    truncated: bool = False  # the input was longer than max_source_length
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -6,18 +6,15 @@ The one entry point the CLI, validation during training and the service's worker
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import torch
 
 from hanseq.engine.bundle import Bundle, Side
-from hanseq.engine.continuous import RunningBatch
 from hanseq.engine.heads import Seq2Seq
-from hanseq.engine.options import Hypothesis, SearchOptions
-from hanseq.engine.search import SearchHooks, search
-from hanseq.engine.vocabulary import EOS_ID, PAD_ID
+from hanseq.engine.options import Generation, Hypothesis, SearchOptions
+from hanseq.engine.scheduler import Scheduler, Source, padded
+from hanseq.engine.vocabulary import EOS_ID
 
 log = logging.getLogger(__name__)
 StepHook = Callable[[list[int], list[int]], None]
@@ -25,17 +22,6 @@ StepHook = Callable[[list[int], list[int]], None]
 
 class UnknownTask(ValueError):
     """The bundle has no head for this task; the message lists the ones it has."""
-
-
-@dataclass
-class Generation:
-    text: str
-    score: float
-    tokens: list[str] = field(default_factory=list)  # target tokens (pieces / morphemes)
-    source_tokens: list[str] = field(default_factory=list)
-    alternatives: list[tuple[str, float]] = field(default_factory=list)  # n-best after the 1st
-    attention: list[list[float]] | None = None  # (len(tokens) + 1) x (len(source_tokens) + 1)
-    truncated: bool = False  # the input was longer than max_source_length
 
 
 class Pipeline:
@@ -82,22 +68,22 @@ class Pipeline:
     ) -> list[Generation]:
         """One Generation per text, in order. An empty (or all-space) text gives empty text.
 
-        ``cancelled()`` -> one flag per text: a flagged text stops decoding at the next step
-        (its result is partial). ``on_partial(i, text_so_far)`` reports greedy/sampling output
-        of text i as it grows.
+        ``cancelled()`` -> one flag per text, asked once per decoding step: a flagged text
+        stops decoding at the next step (its result is partial). ``on_partial(i, text_so_far)``
+        reports greedy/sampling output of text i as it grows.
         """
         self.check_task(task)
         opts = opts or SearchOptions()
         opts.validate()
         sources = self.tokenize(texts)
-        order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
+        scheduler = self.scheduler(cancelled)
+        scheduler.add(task, opts, self._ordered(sources, opts))
+        on_step = self._partials(task, on_partial) if on_partial else None
         results: dict[int, Generation] = {}
-        if opts.beam_size == 1:
-            decoded = self._running(task, sources, order, opts, cancelled, on_partial)
-        else:
-            decoded = self._static(task, sources, order, opts, cancelled)
-        for i, hyps in decoded:
-            results[i] = self.result(task, sources[i], hyps)
+        for done in scheduler.run(on_step):
+            if done.error is not None:
+                raise done.error
+            results[done.key] = self.result(task, sources[done.key], done.hypotheses)
             if progress:
                 progress(1)
         truncated = sum(1 for r in results.values() if r.truncated)
@@ -109,67 +95,41 @@ class Pipeline:
             )
         return [results.get(i, Generation("", 0.0)) for i in range(len(texts))]
 
-    def _running(
-        self,
-        task: str,
-        sources: list[list[str]],
-        order: list[int],
-        opts: SearchOptions,
-        cancelled: Callable[[], Sequence[bool]] | None,
-        on_partial: Callable[[int, str], None] | None,
-    ) -> Iterator[tuple[int, list[Hypothesis]]]:
-        """Greedy / sampling with continuous batching: up to ``batch_size`` rows decode at
-        once, and inputs join as rows finish, in groups of at least a quarter of the batch so
-        that the encoder still runs batched. Longest inputs first: long outputs then overlap
-        with many short ones instead of running alone at the end."""
-        running = RunningBatch(self.model, task, opts)
-        pending = deque(reversed(order))
-        group = max(1, self.batch_size // 4)
-        on_step = self._partials(task, on_partial) if on_partial else None
-        while pending or running:
-            free = self.batch_size - len(running)
-            if pending and free >= min(group, len(pending)):
-                joining = [pending.popleft() for _ in range(min(free, len(pending)))]
-                self.join(running, [sources[i] for i in joining], joining)
-            if cancelled is not None:
-                flags = cancelled()
-                running.cancel(k for k in running.keys if flags[k])
-            for done in running.step(on_step):
-                yield done.key, [done.hypothesis]
+    def scheduler(self, cancelled: Callable[[], Sequence[bool]] | None = None) -> Scheduler:
+        """A scheduler for ``batch_size`` rows at once. Greedy inputs join as rows finish, in
+        groups of at least a quarter of the batch, so that the encoder still runs batched;
+        beam search decodes ``batch_size`` inputs at a time."""
+        asked = None
+        if cancelled is not None:
+            asked = lambda keys: _flags_of(cancelled(), keys)  # noqa: E731
+        return Scheduler(
+            self.model,
+            max_rows=self.batch_size,
+            join_group=max(1, self.batch_size // 4),
+            beam_group=self.batch_size,
+            cancelled=asked,
+        )
 
-    def _static(
-        self,
-        task: str,
-        sources: list[list[str]],
-        order: list[int],
-        opts: SearchOptions,
-        cancelled: Callable[[], Sequence[bool]] | None,
-    ) -> Iterator[tuple[int, list[Hypothesis]]]:
-        """Beam search, ``batch_size`` inputs at a time (shortest first)."""
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            hooks = SearchHooks(_flags(cancelled, chunk)) if cancelled is not None else None
-            src, src_len = self.encode_sources([sources[i] for i in chunk])
-            nbest = search(self.model, task, src, src_len, opts, hooks)
-            yield from zip(chunk, nbest, strict=True)
+    def _ordered(self, sources: list[list[str]], opts: SearchOptions) -> list[Source]:
+        """The non-empty inputs as scheduler sources. Greedy: longest first, so that long
+        outputs overlap with many short ones instead of running alone at the end; beam
+        search: shortest first, groups of similar length (little padding)."""
+        order = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
+        if opts.beam_size == 1:
+            order.reverse()
+        return [Source(i, self.source_ids(sources[i])) for i in order]
+
+    def source_ids(self, tokens: list[str]) -> list[int]:
+        """Tokens -> EOS-terminated ids, cut to ``max_source_length``."""
+        return self.source.vocab.encode(tokens[: self.max_source_length - 1]) + [EOS_ID]
 
     def encode_sources(self, sources: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token lists -> padded ids (batch x max_len, EOS-terminated) and lengths; a list
         longer than ``max_source_length`` is cut to fit."""
-        limit = self.max_source_length - 1  # room for EOS
-        ids = [self.source.vocab.encode(s[:limit]) + [EOS_ID] for s in sources]
-        src_len = torch.tensor([len(x) for x in ids])
-        src = torch.full((len(ids), int(src_len.max())), PAD_ID, dtype=torch.long)
-        for row, x in enumerate(ids):
-            src[row, : len(x)] = torch.tensor(x)
-        return src.to(self.device), src_len.to(self.device)
+        return padded([self.source_ids(s) for s in sources], self.device)
 
     def tokenize(self, texts: list[str]) -> list[list[str]]:
         return [self.source.tokenize(t) for t in texts]
-
-    def join(self, running: RunningBatch, sources: list[list[str]], keys: list[int]) -> None:
-        """Tokenized (non-empty) inputs join a running batch under the caller's ``keys``."""
-        running.join(*self.encode_sources(sources), keys)
 
     def text(self, task: str, ids: list[int]) -> str:
         """Target ids -> detokenized text."""
@@ -209,6 +169,5 @@ class Pipeline:
         return step
 
 
-def _flags(cancelled: Callable[[], Sequence[bool]], chunk: list[int]) -> Callable[[], torch.Tensor]:
-    """The cancel flags of one beam batch, whose row r is input ``chunk[r]``."""
-    return lambda: torch.tensor([bool(cancelled()[i]) for i in chunk])
+def _flags_of(flags: Sequence[bool], keys: Sequence[int]) -> list[bool]:
+    return [bool(flags[k]) for k in keys]

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from hanseq.engine import distributed as dist_utils
 from hanseq.engine.bundle import Side, save_bundle
 from hanseq.engine.config import Config, ConfigurationError
-from hanseq.engine.copy import copy_maps
 from hanseq.engine.data import (
     BatchStream,
     DataError,
@@ -41,6 +40,7 @@ from hanseq.engine.heads import Seq2Seq, build_model
 from hanseq.engine.metrics import task_scores
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.pointer import copy_maps
 from hanseq.engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from hanseq.engine.shortlist import LexicalTable
 from hanseq.engine.tokenizers import build_tokenizer

@@ -20,8 +20,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from hanseq.engine.options import Generation, SearchOptions
 from hanseq.service.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -31,27 +31,32 @@ from hanseq.service.errors import (
 )
 from hanseq.service.metrics import Metrics
 from hanseq.service.pool import WorkerPool
+from hanseq.service.protocol import BatchKey, Cancelled, Done, Failed, Refused, TaskInfo
 from hanseq.service.settings import Settings
 from hanseq.service.workers import Worker
 
 log = logging.getLogger(__name__)
-Key = tuple[str, tuple[tuple[str, Any], ...]]
 
 
 @dataclass
 class Outcome:
-    result: dict[str, Any]  # a Generation as a dict (see engine.pipeline)
+    """A decoded request: its Generation and how it was made."""
+
+    result: Generation
     queue_ms: float
     compute_ms: float
-    task_info: dict[str, Any]  # the model that decoded it (id, version, ...)
+    task_info: TaskInfo  # the model that decoded it (id, version, ...)
     batch_size: int = 1
 
 
 @dataclass(eq=False)
 class Request:
+    """One text to decode, from the servicer to its answer: the row's one identity on the
+    server (on the pipe and in the worker it is ``row_id``)."""
+
     task: str
     text: str
-    options: dict[str, Any]  # SearchOptions fields
+    options: SearchOptions
     deadline: float | None = None  # time.monotonic(); None = no deadline
     on_partial: Callable[[str], None] | None = None
     future: asyncio.Future = field(
@@ -60,25 +65,25 @@ class Request:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     partials: int = 0  # partial outputs the worker sent (streams), cancelled or not
+    sent: float = 0.0  # time.monotonic() when it left the queue
     _worker: Worker | None = None
-    _seq: int = 0
-    _row: int = 0
+    row_id: int = -1  # its id on the worker's pipe, once sent
 
     @property
-    def key(self) -> Key:
-        return self.task, tuple(sorted(self.options.items()))
+    def key(self) -> BatchKey:
+        return BatchKey(self.task, self.options)
 
     def cancel(self) -> None:
         """The caller is gone: drop it from the queue, or from its batch at the next step."""
         self.cancelled = True
         if self._worker is not None and not self.future.done():
-            self._worker.cancel_row(self._seq, self._row)
+            self._worker.cancel_row(self.row_id)
 
 
 class Batcher:
     def __init__(self, pool: WorkerPool, settings: Settings, metrics: Metrics | None = None):
         self.pool, self.settings, self.metrics = pool, settings, metrics
-        self._queues: dict[Key, deque[Request]] = {}
+        self._queues: dict[BatchKey, deque[Request]] = {}
         self._queued: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -120,7 +125,7 @@ class Batcher:
             if taken is not None:
                 self._dispatch(worker, *taken)
 
-    async def _take(self, worker: Worker) -> tuple[Key, list[Request]] | None:
+    async def _take(self, worker: Worker) -> tuple[BatchKey, list[Request]] | None:
         """Wait until some queue has a batch ready for ``worker``; take it. None: the worker
         has no room any more (it died, or a reload replaced it): acquire another."""
         while self.pool.current(worker) and worker.free > 0:
@@ -156,7 +161,7 @@ class Batcher:
             return room, s.max_queue_delay_ms / 1000
         return min(room, max(1, worker.load // 4)), s.join_delay_ms / 1000
 
-    def _select(self, key: Key, size: int) -> list[Request]:
+    def _select(self, key: BatchKey, size: int) -> list[Request]:
         queue = self._queues[key]
         if len(queue) <= size:
             batch = list(queue)
@@ -167,7 +172,7 @@ class Batcher:
             batch = [oldest, *rest[: size - 1]]
             chosen = set(map(id, batch))
             self._queues[key] = deque(r for r in queue if id(r) not in chosen)
-        self._queued[key[0]] -= len(batch)
+        self._queued[key.task] -= len(batch)
         return batch
 
     def _drop_dead(self) -> None:
@@ -179,63 +184,61 @@ class Batcher:
                 if r.deadline and r.deadline <= now and not r.future.done():
                     r.future.set_exception(DeadlineExceeded("deadline passed while queued"))
             kept = deque(r for r in queue if not r.future.done() and not r.cancelled)
-            self._queued[key[0]] -= len(queue) - len(kept)
+            self._queued[key.task] -= len(queue) - len(kept)
             self._queues[key] = kept
 
-    def _measure(
-        self, task: str, device: str, result: dict, queue_ms: float, compute_ms: float, size: int
-    ) -> None:
+    def _measure(self, task: str, device: str, outcome: Outcome) -> None:
         if self.metrics is not None:
             m = self.metrics
-            m.queue_wait.labels(task).observe(queue_ms / 1000)
-            m.compute.labels(device).observe(compute_ms / 1000)
-            m.batch_size.labels(task).observe(size)
-            m.tokens.labels(task).inc(len(result["tokens"]) + 1)
+            m.queue_wait.labels(task).observe(outcome.queue_ms / 1000)
+            m.compute.labels(device).observe(outcome.compute_ms / 1000)
+            m.batch_size.labels(task).observe(outcome.batch_size)
+            m.tokens.labels(task).inc(len(outcome.result.tokens) + 1)
 
-    def _dispatch(self, worker: Worker, key: Key, batch: list[Request]) -> None:
-        """Send a batch to a worker; each row's future is settled when its result arrives."""
+    def _dispatch(self, worker: Worker, key: BatchKey, batch: list[Request]) -> None:
+        """Send a batch to a worker; each row's future is settled when its answer arrives."""
         sent = time.monotonic()
-
-        def on_partial(row: int, text: str) -> None:
-            request = batch[row]
-            request.partials += 1
-            if request.on_partial and not request.cancelled:
-                request.on_partial(text)
-
-        def on_done(row: int, result: dict[str, Any], compute_ms: float, size: int) -> None:
-            request = batch[row]
-            if request.future.done():
-                return
-            if "cancelled" in result:  # the caller left before its row was decoded
-                request.future.cancel()
-                return
-            if "invalid" in result:  # the worker's own check of the input (its token count)
-                request.future.set_exception(InvalidArgument("text", result["invalid"]))
-                return
-            if "error" in result:
-                log.error("decoding failed for one request: %s", result["error"])
-                request.future.set_exception(RuntimeError(result["error"]))
-                return
-            queue_ms = 1000 * (sent - request.enqueued)
-            task_info = worker.tasks[key[0]]
-            self._measure(key[0], worker.device, result, queue_ms, compute_ms, size)
-            request.future.set_result(Outcome(result, queue_ms, compute_ms, task_info, size))
-
-        def on_error(error: ServiceError) -> None:  # the worker died: these may be retried
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-
-        stream_rows = [i for i, r in enumerate(batch) if r.on_partial]
-        texts = [r.text for r in batch]
+        rows = [(r, r.text, r.on_partial is not None) for r in batch]
         try:
-            seq = worker.submit(
-                key[0], texts, batch[0].options, stream_rows, on_partial, on_done, on_error
-            )
+            ids = worker.submit(key, rows, self._partial, self._answered, _lost)
         except ServiceError as e:
-            on_error(e)
+            for request in batch:
+                _lost(request, e)
             return
-        for row, request in enumerate(batch):
-            request._worker, request._seq, request._row = worker, seq, row
+        for request, row_id in zip(batch, ids, strict=True):
+            request._worker, request.row_id, request.sent = worker, row_id, sent
             if request.cancelled:  # its caller left between the queue and the worker
-                worker.cancel_row(seq, row)
+                worker.cancel_row(row_id)
+
+    @staticmethod
+    def _partial(request: Request, text: str) -> None:
+        request.partials += 1
+        if request.on_partial and not request.cancelled:
+            request.on_partial(text)
+
+    def _answered(self, request: Request, done: Done) -> None:
+        """Settle the request's future with what the worker answered."""
+        if request.future.done():
+            return
+        answer = done.answer
+        if isinstance(answer, Cancelled):  # the caller left before its row was decoded
+            request.future.cancel()
+        elif isinstance(answer, Refused):  # the worker's own check of the input (its tokens)
+            request.future.set_exception(InvalidArgument("text", answer.problem))
+        elif isinstance(answer, Failed):
+            log.error("decoding failed for one request: %s", answer.message)
+            request.future.set_exception(RuntimeError(answer.message))
+        else:
+            worker = request._worker
+            assert worker is not None
+            queue_ms = 1000 * (request.sent - request.enqueued)
+            info = worker.tasks[request.task]
+            outcome = Outcome(answer, queue_ms, done.compute_ms, info, done.batch_size)
+            self._measure(request.task, worker.device, outcome)
+            request.future.set_result(outcome)
+
+
+def _lost(request: Request, error: ServiceError) -> None:
+    """The worker died holding the request (or could not take it): it may be retried."""
+    if not request.future.done():
+        request.future.set_exception(error)

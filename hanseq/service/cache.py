@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,24 +28,27 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from hanseq.engine.korean import normalize
+from hanseq.engine.options import SearchOptions
+from hanseq.service.protocol import TaskInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def cache_key(model: dict[str, Any], task: str, text: str, options: dict[str, Any]) -> str:
+def cache_key(model: TaskInfo, task: str, text: str, options: SearchOptions) -> str:
     """A hex digest of what decides an answer: bundle id + version, task, input, options."""
+    fields = sorted(dataclasses.asdict(options).items())
     canonical = json.dumps(
-        [model["model_id"], model["model_version"], task, normalize(text), sorted(options.items())],
+        [model.model_id, model.model_version, task, normalize(text), fields],
         ensure_ascii=False,
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def cacheable(options: dict[str, Any], no_cache: bool) -> bool:
+def cacheable(options: SearchOptions, no_cache: bool) -> bool:
     """Sampling without a seed is meant to differ every time; no_cache asks for a fresh one."""
-    return not no_cache and not (options.get("sampling") and options.get("seed") is None)
+    return not no_cache and not (options.sampling and options.seed is None)
 
 
 class LocalCache:

@@ -12,30 +12,46 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from hanseq.service.auth import presented
 from hanseq.service.errors import InvalidArgument, ServiceError
 from hanseq.service.limits import CallerLimits, caller_of
-from hanseq.service.metrics import TASK_OF_METHOD, Metrics
+from hanseq.service.metrics import Metrics
+from hanseq.service.servicer import SERVICE, TASK_OF_METHOD
 
 log = logging.getLogger("hanseq.requests")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-SERVICE_PREFIX = "/hanseq.v1."
-SERVICE = "hanseq.v1.Seq2Seq"
+SERVICE_PREFIX = f"/{SERVICE}/"  # our RPCs; health and reflection pass untouched
+
+# What a handler's behaviour is: a servicer method. Its request is Any because each method takes
+# its own message type (a Callable over Message would refuse them all: parameters are
+# contravariant).
+UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Message]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
-def _incoming_id(context) -> str:
+def _incoming_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
             return str(value)[:64]
     return uuid.uuid4().hex[:16]
 
 
-class _Outcome:
-    def __init__(self, method: str, kind: str, task: str, context, metrics: Metrics | None):
+class _CallRecord:
+    def __init__(
+        self,
+        method: str,
+        kind: str,
+        task: str,
+        context: grpc.aio.ServicerContext,
+        metrics: Metrics | None,
+    ):
         self.method, self.code, self.started = method, grpc.StatusCode.OK, time.perf_counter()
         self.kind, self.task, self.metrics = kind, task, metrics
         if metrics is not None:
@@ -44,13 +60,13 @@ class _Outcome:
         self.token = request_id.set(self.rid)
         context.set_trailing_metadata((("x-request-id", self.rid),))
 
-    def cancelled(self, context) -> None:
+    def cancelled(self, context: grpc.aio.ServicerContext) -> None:
         """grpc-aio cancels the handler both when the caller leaves and at the deadline."""
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= 0
         self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
-    async def fail(self, error: BaseException, context) -> None:
+    async def fail(self, error: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Record the status and end the RPC with it (context.abort raises)."""
         if isinstance(error, ServiceError):
             self.code = error.code
@@ -94,14 +110,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self.metrics, self.served, self.limits = metrics, served, limits
         self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}  # once each
 
-    def admit(self, request, context) -> contextlib.AbstractContextManager:
+    def admit(
+        self, request: Message, context: grpc.aio.ServicerContext
+    ) -> contextlib.AbstractContextManager:
         """The caller's limits around one request (a batch costs one per input)."""
         if self.limits is None or not self.limits.active:
             return contextlib.nullcontext()
         caller = caller_of(presented(context.invocation_metadata()), context.peer())
         return self.limits.admit(caller, max(1, len(getattr(request, "texts", ()))))
 
-    async def intercept_service(self, continuation, details):
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
@@ -112,7 +132,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             wrapped = self._wrapped[handler] = self._wrap(handler, details.method)
         return wrapped
 
-    def _wrap(self, handler, full_method: str):
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -138,8 +158,10 @@ class Undecodable:
         self.error = error
 
 
-def _tolerant(deserialize):
-    def parse(data: bytes):
+def _tolerant(
+    deserialize: Callable[[bytes], Message],
+) -> Callable[[bytes], Message | Undecodable]:
+    def parse(data: bytes) -> Message | Undecodable:
         try:
             return deserialize(data)
         except Exception as e:  # DecodeError, or UnicodeDecodeError on some runtimes
@@ -150,13 +172,17 @@ def _tolerant(deserialize):
 
 @contextlib.asynccontextmanager
 async def _handled(
-    method: str, kind: str, request, context, interceptor: ErrorInterceptor
+    method: str,
+    kind: str,
+    request: Message | Undecodable,
+    context: grpc.aio.ServicerContext,
+    interceptor: ErrorInterceptor,
 ) -> AsyncIterator[None]:
     """Around one RPC: request id, error -> status, metrics, the log line."""
     task = TASK_OF_METHOD.get(method) or str(getattr(request, "task", ""))
     if task and task not in interceptor.served():
         task = "unknown"  # a caller's typo must not become a new time series
-    outcome = _Outcome(method, kind, task, context, interceptor.metrics)
+    outcome = _CallRecord(method, kind, task, context, interceptor.metrics)
     try:
         if isinstance(request, Undecodable):
             raise InvalidArgument(
@@ -175,16 +201,22 @@ async def _handled(
         outcome.close()
 
 
-def _unary(behaviour, method: str, interceptor: ErrorInterceptor):
-    async def wrapped(request, context):
+def _unary(
+    behaviour: UnaryBehaviour, method: str, interceptor: ErrorInterceptor
+) -> Callable[[Message | Undecodable, grpc.aio.ServicerContext], Awaitable[Message]]:
+    async def wrapped(request: Message | Undecodable, context: grpc.aio.ServicerContext) -> Message:
         async with _handled(method, "UNARY", request, context, interceptor):
             return await behaviour(request, context)
 
     return wrapped
 
 
-def _stream(behaviour, method: str, interceptor: ErrorInterceptor):
-    async def wrapped(request, context) -> AsyncIterator:
+def _stream(
+    behaviour: StreamBehaviour, method: str, interceptor: ErrorInterceptor
+) -> Callable[[Message | Undecodable, grpc.aio.ServicerContext], AsyncIterator[Message]]:
+    async def wrapped(
+        request: Message | Undecodable, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Message]:
         async with _handled(method, "SERVER_STREAM", request, context, interceptor):
             async for item in behaviour(request, context):
                 yield item

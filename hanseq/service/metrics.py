@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 # 1 ms to 30 s: a cache hit, a short greedy answer, a long beam search, a stuck queue.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-TASK_OF_METHOD = {"Translate": "translate", "Respond": "respond", "Summarize": "summarize"}
 
 
 class Metrics:
@@ -147,7 +146,7 @@ class _StateCollector(Collector):
         )
         info = InfoMetricFamily("hanseq_bundle", "The bundle serving each task", labels=["task"])
         for task, i in sorted(state["tasks"].items()):
-            info.add_metric([task], {"model_id": i["model_id"], "version": i["model_version"]})
+            info.add_metric([task], {"model_id": i.model_id, "version": i.model_version})
         yield info
 
 

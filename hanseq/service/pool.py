@@ -13,9 +13,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from hanseq.engine.manifest import find_bundles
 from hanseq.service.errors import Unavailable
+from hanseq.service.protocol import TaskInfo
 from hanseq.service.settings import Settings
-from hanseq.service.workers import Worker, default_threads, find_bundles
+from hanseq.service.workers import Worker, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,12 @@ class WorkerPool:
         self.workers: list[Worker] = []
         self._room = asyncio.Event()  # set when a worker may have room for more rows
         self._replacing: set[int] = set()
-        self._tasks: dict[str, dict[str, Any]] = {}
+        self._tasks: dict[str, TaskInfo] = {}
         self._closed = False
         self._background: set[asyncio.Task] = set()  # referenced until done, as asyncio asks
 
     @property
-    def tasks(self) -> dict[str, dict[str, Any]]:
+    def tasks(self) -> dict[str, TaskInfo]:
         """task -> {model_id, model_version, metric, valid_scores, ...} of the serving bundles."""
         return self._tasks
 
@@ -138,7 +140,7 @@ class WorkerPool:
         self._replacing.discard(id(dead))
         self.on_change()
 
-    async def reload(self) -> dict[str, dict[str, Any]]:
+    async def reload(self) -> dict[str, TaskInfo]:
         """Load the bundles again into new workers, then switch; the old ones drain."""
         generation = self.generation + 1
         fresh = await self._start_generation(generation)  # raises: the old ones keep serving
@@ -149,7 +151,7 @@ class WorkerPool:
             if not worker.busy:
                 self._spawn(worker.stop())
         self.on_change()
-        log.info("reloaded: %s", {t: i["model_version"] for t, i in self._tasks.items()})
+        log.info("reloaded: %s", {t: i.model_version for t, i in self._tasks.items()})
         return self._tasks
 
     async def stop(self) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,22 +24,15 @@ from hanseq.service.auth import AuthInterceptor, load_tokens, server_credentials
 from hanseq.service.batcher import Batcher
 from hanseq.service.cache import LocalCache, RedisCache, ResponseCache
 from hanseq.service.interceptors import ErrorInterceptor
+from hanseq.service.lifecycle import Lifecycle
 from hanseq.service.limits import CallerLimits
 from hanseq.service.metrics import Metrics
 from hanseq.service.pool import WorkerPool
-from hanseq.service.servicer import Seq2SeqServicer
+from hanseq.service.servicer import SERVICE, Seq2SeqServicer
 from hanseq.service.settings import Settings
-from hanseq.v1 import hanseq_pb2, hanseq_pb2_grpc
+from hanseq.v1 import hanseq_pb2_grpc
 
 log = logging.getLogger("hanseq.server")
-SERVICE = hanseq_pb2.DESCRIPTOR.services_by_name["Seq2Seq"].full_name  # "hanseq.v1.Seq2Seq"
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def health_names(tasks) -> list[str]:
-    """ "" (the whole server), the service, and one name per task: hanseq.v1.Seq2Seq/translate."""
-    return ["", SERVICE, *(f"{SERVICE}/{t}" for t in tasks)]
 
 
 @dataclass
@@ -49,40 +43,24 @@ class App:
     pool: WorkerPool
     batcher: Batcher
     servicer: Seq2SeqServicer
-    health: HealthServicer
+    lifecycle: Lifecycle
     metrics: Metrics
     cache: ResponseCache
-    draining: bool = False
-    _known: set[str] = field(default_factory=set)
-    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def update_health(self) -> None:
-        """SERVING where a live worker serves; NOT_SERVING while starting, broken or draining."""
-        up = not self.draining and self.servicer.ready and self.pool.alive_count() > 0
-        names = health_names(self.pool.tasks)
-        for name in self._known - set(names):
-            await self.health.set(name, NOT_SERVING)  # a task a reload took away
-        self._known |= set(names)
-        for name in names:
-            await self.health.set(name, SERVING if up else NOT_SERVING)
 
     async def reload(self) -> None:
-        async with self._reloading:
-            await self.pool.reload()
-        await self.update_health()
+        await self.lifecycle.reload()
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, refuse new calls, finish in-flight ones within the grace period."""
-        self.draining = True
-        await self.update_health()
+        await self.lifecycle.drain()
         await self.server.stop(self.settings.grace_period_s)
-        self.servicer.ready = False
+        self.lifecycle.stopped()
         await self.batcher.stop()
         await self.pool.stop()
         await self.cache.close()
         self.metrics.stop()
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """What the metrics read at each scrape."""
         return {
             "queued": {t: self.batcher.queued(t) for t in self.pool.tasks},
@@ -102,8 +80,9 @@ async def create_app(settings: Settings) -> App:
     )
     batcher = Batcher(pool, settings, metrics)
     health = HealthServicer()
+    lifecycle = Lifecycle(health, pool)
     cache = build_cache(settings, metrics)
-    servicer = Seq2SeqServicer(settings, pool, batcher, cache)
+    servicer = Seq2SeqServicer(settings, pool, batcher, cache, lifecycle, lifecycle.reload)
     hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:
@@ -116,8 +95,7 @@ async def create_app(settings: Settings) -> App:
             server,
         )
     port = _listen(server, settings)
-    app = App(settings, server, port, pool, batcher, servicer, health, metrics, cache)
-    servicer.reload = app.reload
+    app = App(settings, server, port, pool, batcher, servicer, lifecycle, metrics, cache)
     metrics.watch(app.state)
     if settings.metrics_port >= 0:
         try:
@@ -127,18 +105,16 @@ async def create_app(settings: Settings) -> App:
                 f"metrics_port (HANSEQ_METRICS_PORT) {settings.metrics_port}: {e.strerror}; "
                 "choose another, 0 for any free port, or -1 for no metrics"
             ) from None
-    for name in health_names([]):
-        await health.set(name, NOT_SERVING)
+    await lifecycle.starting()
     await server.start()
-    pool.on_change = lambda: asyncio.ensure_future(app.update_health())
+    pool.on_change = lambda: asyncio.ensure_future(lifecycle.update_health())
     try:
         await pool.start()
     except BaseException:
         await server.stop(0)
         raise
     batcher.start()
-    servicer.ready = True
-    await app.update_health()
+    await lifecycle.serve()
     return app
 
 
@@ -206,9 +182,7 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app)))
-    tasks = ", ".join(
-        f"{t} ({i['model_id']} {i['model_version']})" for t, i in app.pool.tasks.items()
-    )
+    tasks = ", ".join(f"{t} ({i.model_id} {i.model_version})" for t, i in app.pool.tasks.items())
     log.info("serving %s on %s:%d", tasks, settings.host, app.port)
     if app.metrics.port:
         log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics.port)

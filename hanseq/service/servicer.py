@@ -7,12 +7,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from hanseq.engine.dialogue import Turn, source_text
+from hanseq.engine.options import SearchOptions
 from hanseq.service.batcher import Batcher, Outcome, Request
 from hanseq.service.cache import ResponseCache, cache_key, cacheable
 from hanseq.service.errors import (
@@ -23,6 +25,7 @@ from hanseq.service.errors import (
     Unimplemented,
 )
 from hanseq.service.pool import WorkerPool
+from hanseq.service.protocol import TaskInfo
 from hanseq.service.settings import Settings
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
@@ -31,32 +34,60 @@ log = logging.getLogger("hanseq.servicer")
 
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 _DONE = object()
+T = TypeVar("T")
+
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Seq2Seq"].full_name  # "hanseq.v1.Seq2Seq"
+# The RPCs whose task is their name; Generate* name theirs in the request.
+TASK_OF_METHOD = {"Translate": "translate", "Respond": "respond", "Summarize": "summarize"}
+
+
+class Stage(Protocol):
+    """What the servicer reads of the server's lifecycle (service/lifecycle.py)."""
+
+    @property
+    def accepting(self) -> bool: ...
 
 
 class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     def __init__(
-        self, settings: Settings, pool: WorkerPool, batcher: Batcher, cache: ResponseCache
+        self,
+        settings: Settings,
+        pool: WorkerPool,
+        batcher: Batcher,
+        cache: ResponseCache,
+        lifecycle: Stage,
+        reload: Callable[[], Awaitable[None]],
     ):
         self.settings, self.pool, self.batcher, self.cache = settings, pool, batcher, cache
-        self.ready = False  # set by the server once the workers are warm
-        self.reload: Callable[[], Awaitable[Any]] | None = None  # set by the server
+        self.lifecycle, self.reload = lifecycle, reload
 
     # ---- the RPCs -------------------------------------------------------------------------
-    async def Translate(self, request, context):
+    async def Translate(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
         return await self._unary("translate", request.text, "text", request.options, context)
 
-    async def Summarize(self, request, context):
+    async def Summarize(
+        self, request: pb.SummarizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
         return await self._unary("summarize", request.text, "text", request.options, context)
 
-    async def Respond(self, request, context):
+    async def Respond(
+        self, request: pb.RespondRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
         text = self._dialogue_source(request)
         return await self._unary("respond", text, "message", request.options, context)
 
-    async def Generate(self, request, context):
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
         self._task(request.task, "task")
         return await self._unary(request.task, request.text, "text", request.options, context)
 
-    async def GenerateBatch(self, request, context):
+    async def GenerateBatch(
+        self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateBatchResponse:
         task = self._task(request.task, "task")
         texts = list(request.texts)
         if not texts:
@@ -77,11 +108,13 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         results = await self._within(_all(answers), context)
         return pb.GenerateBatchResponse(results=results)
 
-    async def GenerateStream(self, request, context) -> AsyncIterator[pb.GenerateStreamResponse]:
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
         task = self._task(request.task, "task")
         self._check_text(request.text, "text")
         options = self._options(request.options, task)
-        if options["beam_size"] != 1:
+        if options.beam_size != 1:
             raise InvalidArgument(
                 "options.beam_size",
                 "streaming decodes greedily or by sampling; beam_size must be 1",
@@ -97,16 +130,18 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             if not req.future.done():
                 req.cancel()  # the caller left or its deadline passed: stop decoding it
         yield pb.GenerateStreamResponse(
-            text=outcome.result["text"], final=True, result=_response(outcome)
+            text=outcome.result.text, final=True, result=_response(outcome)
         )
 
-    async def ListModels(self, request, context):
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         self._not_ready()  # an empty list while loading would read as "serves nothing"
         return pb.ListModelsResponse(tasks=self._task_infos(), limits=self._limits())
 
-    async def ReloadModels(self, request, context):
-        if self.reload is None:
-            raise Unavailable("this server cannot reload its models")
+    async def ReloadModels(
+        self, request: pb.ReloadModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReloadModelsResponse:
         try:
             await self.reload()
         except Unavailable as e:  # not retryable: the same bundles would fail the same way
@@ -116,7 +151,14 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         return pb.ReloadModelsResponse(tasks=self._task_infos())
 
     # ---- helpers ----------------------------------------------------------------------------
-    async def _unary(self, task: str, text: str, field: str, options_pb, context):
+    async def _unary(
+        self,
+        task: str,
+        text: str,
+        field: str,
+        options_pb: pb.DecodingOptions,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.GenerateResponse:
         if task not in self.pool.tasks:
             self._not_ready()
             raise Unimplemented(
@@ -128,7 +170,12 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         return await self._within(_as_field(answer, field), context)
 
     async def _answer(
-        self, task: str, text: str, options: dict[str, Any], no_cache: bool, context
+        self,
+        task: str,
+        text: str,
+        options: SearchOptions,
+        no_cache: bool,
+        context: grpc.aio.ServicerContext,
     ) -> pb.GenerateResponse:
         """From the cache, from an identical request in flight, or decoded (then cached)."""
         if not cacheable(options, no_cache):
@@ -157,7 +204,9 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
 
         return await self.cache.single_flight(key, decode_and_keep)
 
-    async def _decode(self, task: str, text: str, options: dict[str, Any], context) -> Outcome:
+    async def _decode(
+        self, task: str, text: str, options: SearchOptions, context: grpc.aio.ServicerContext
+    ) -> Outcome:
         req = self._submit(task, text, options, context)
         try:
             return await asyncio.shield(req.future)
@@ -165,7 +214,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             req.cancel()
             raise
 
-    async def _within(self, awaitable, context):
+    async def _within(self, awaitable: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
         """Await within the caller's deadline."""
         try:
             return await asyncio.wait_for(awaitable, context.time_remaining())
@@ -176,8 +225,8 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         self,
         task: str,
         text: str,
-        options: dict[str, Any],
-        context,
+        options: SearchOptions,
+        context: grpc.aio.ServicerContext,
         on_partial: Callable[[str], None] | None = None,
     ) -> Request:
         self._not_ready()
@@ -188,7 +237,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         return request
 
     def _not_ready(self) -> None:
-        if not self.ready:
+        if not self.lifecycle.accepting:
             raise Unavailable("the server is starting or stopping: models are not being served")
 
     def _task(self, task: str, field: str) -> str:
@@ -209,7 +258,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 field, f"is {len(text)} characters; the limit is {self.settings.max_input_chars}"
             )
 
-    def _dialogue_source(self, request) -> str:
+    def _dialogue_source(self, request: pb.RespondRequest) -> str:
         turns = list(request.history)
         if len(turns) > self.settings.max_history_turns:
             raise InvalidArgument(
@@ -218,41 +267,29 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         for i, turn in enumerate(turns):
             self._check_text(turn.text, f"history[{i}].text")
         self._check_text(request.message, "message")
-        context_turns = self.pool.tasks.get("respond", {}).get("context_turns", 0)
+        respond = self.pool.tasks.get("respond")
+        context_turns = respond.context_turns if respond is not None else 0
         history = [Turn(t.text, t.from_user) for t in turns]
         return source_text(history, request.message, context_turns)
 
-    def _options(self, o: pb.DecodingOptions, task: str) -> dict[str, Any]:
-        """DecodingOptions -> engine SearchOptions fields; INVALID_ARGUMENT names the field."""
+    def _options(self, o: pb.DecodingOptions, task: str) -> SearchOptions:
+        """DecodingOptions -> SearchOptions; INVALID_ARGUMENT names the field. An unset
+        option takes the task's default (``_defaults``)."""
         s = self.settings
-        info = self.pool.tasks[task]
-        default_max = min(info["max_target_length"], s.max_output_length)
+        default_max = min(self.pool.tasks[task].max_target_length, s.max_output_length)
         defaults = self._defaults(task)
         beam = _get(o, "beam_size", 1 if o.sample else defaults["beam_size"])
-        options = {
-            "beam_size": _in_range("options.beam_size", beam, 1, s.max_beam_size),
-            "n_best": _in_range("options.n_best", _get(o, "n_best", 1), 1, min(beam, s.max_n_best)),
-            "max_length": _in_range(
-                "options.max_length", _get(o, "max_length", default_max), 1, s.max_output_length
-            ),
-            "length_penalty": _finite(
-                "options.length_penalty",
-                _get(o, "length_penalty", defaults["length_penalty"]),
-                0.0,
-                5.0,
-            ),
-            "no_repeat_ngram": _in_range(
-                "options.no_repeat_ngram",
-                _get(o, "no_repeat_ngram", defaults["no_repeat_ngram"]),
-                0,
-                10,
-            ),
-            "sampling": o.sample,
-            "return_attention": o.return_attention,
-        }
-        options["min_length"] = _in_range(
-            "options.min_length", _get(o, "min_length", 0), 0, options["max_length"] - 1
+        beam = _in_range("options.beam_size", beam, 1, s.max_beam_size)
+        n_best = _in_range("options.n_best", _get(o, "n_best", 1), 1, min(beam, s.max_n_best))
+        max_length = _in_range(
+            "options.max_length", _get(o, "max_length", default_max), 1, s.max_output_length
         )
+        length_penalty = _finite(
+            "options.length_penalty", _get(o, "length_penalty", defaults["length_penalty"]), 0, 5
+        )
+        no_repeat = _get(o, "no_repeat_ngram", defaults["no_repeat_ngram"])
+        no_repeat = _in_range("options.no_repeat_ngram", no_repeat, 0, 10)
+        min_length = _in_range("options.min_length", _get(o, "min_length", 0), 0, max_length - 1)
         if o.sample and beam != 1:
             raise InvalidArgument(
                 "options.sample", "sampling decodes one hypothesis: beam_size must be 1"
@@ -260,19 +297,32 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         for name in SAMPLING_ONLY:
             if o.HasField(name) and not o.sample:
                 raise InvalidArgument(f"options.{name}", "applies only with sample=true")
+        sampling: dict[str, Any] = {}
         if o.sample:
-            options["temperature"] = _finite(
-                "options.temperature", _get(o, "temperature", 1.0), 0.01, 100.0
-            )
-            options["top_k"] = _in_range("options.top_k", _get(o, "top_k", 0), 0, 1_000_000)
-            options["top_p"] = _finite("options.top_p", _get(o, "top_p", 1.0), 1e-6, 1.0)
-            options["seed"] = o.seed if o.HasField("seed") else None
-        return options
+            sampling = {
+                "temperature": _finite(
+                    "options.temperature", _get(o, "temperature", 1.0), 0.01, 100.0
+                ),
+                "top_k": _in_range("options.top_k", _get(o, "top_k", 0), 0, 1_000_000),
+                "top_p": _finite("options.top_p", _get(o, "top_p", 1.0), 1e-6, 1.0),
+                "seed": o.seed if o.HasField("seed") else None,
+            }
+        return SearchOptions(
+            beam_size=beam,
+            n_best=n_best,
+            max_length=max_length,
+            min_length=min_length,
+            length_penalty=length_penalty,
+            no_repeat_ngram=no_repeat,
+            sampling=o.sample,
+            return_attention=o.return_attention,
+            **sampling,
+        )
 
     def _defaults(self, task: str) -> dict[str, Any]:
         """What an unset option decodes with: the bundle's choice for the task (its beam
         capped at max_beam_size), unless the server's default_beam_size is set."""
-        bundle = self.pool.tasks[task].get("decoding", {})
+        bundle = self.pool.tasks[task].decoding
         beam = min(int(bundle.get("beam_size", 1)), self.settings.max_beam_size)
         return {
             "beam_size": self.settings.default_beam_size or beam,
@@ -284,11 +334,11 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         return [
             pb.TaskInfo(
                 task=task,
-                model_id=i["model_id"],
-                model_version=i["model_version"],
-                metric=i["metric"],
-                valid_scores=_numbers(i["valid_scores"]),
-                context_turns=i.get("context_turns", 0),
+                model_id=i.model_id,
+                model_version=i.model_version,
+                metric=i.metric,
+                valid_scores=_numbers(i.valid_scores),
+                context_turns=i.context_turns,
                 defaults=pb.DecodingOptions(**self._defaults(task)),
             )
             for task, i in self.pool.tasks.items()
@@ -306,7 +356,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         )
 
 
-async def _as_field(awaitable, field: str):
+async def _as_field(awaitable: Awaitable[pb.GenerateResponse], field: str) -> pb.GenerateResponse:
     """An input the worker refused (too many tokens) named as the caller named it."""
     try:
         return await awaitable
@@ -316,7 +366,7 @@ async def _as_field(awaitable, field: str):
         raise InvalidArgument(field, e.problem) from None
 
 
-async def _all(awaitables: list) -> list:
+async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
     """Every result, in order; when one fails the others stop (their decoding too)."""
     tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:
@@ -327,7 +377,7 @@ async def _all(awaitables: list) -> list:
                 task.cancel()
 
 
-def _get(message, name: str, default):
+def _get(message: pb.DecodingOptions, name: str, default: T) -> T:
     return getattr(message, name) if message.HasField(name) else default
 
 
@@ -347,17 +397,14 @@ def _numbers(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
 
 
-def _recalled(value: bytes, model: dict[str, Any]) -> pb.GenerateResponse | None:
+def _recalled(value: bytes, model: TaskInfo) -> pb.GenerateResponse | None:
     """A cached answer, if it is one and of the bundle now serving; None otherwise (a
     damaged or foreign value in a shared Redis must never reach a caller)."""
     try:
         response = pb.GenerateResponse.FromString(value)
     except DecodeError:
         return None
-    if (response.model_id, response.model_version) != (
-        model["model_id"],
-        model["model_version"],
-    ):
+    if (response.model_id, response.model_version) != (model.model_id, model.model_version):
         return None
     response.cached = True
     return response
@@ -366,21 +413,21 @@ def _recalled(value: bytes, model: dict[str, Any]) -> pb.GenerateResponse | None
 def _response(outcome: Outcome, cached: bool = False) -> pb.GenerateResponse:
     r, info = outcome.result, outcome.task_info
     response = pb.GenerateResponse(
-        text=r["text"],
-        score=r["score"],
+        text=r.text,
+        score=r.score,
         cached=cached,
-        model_id=info["model_id"],
-        model_version=info["model_version"],
+        model_id=info.model_id,
+        model_version=info.model_version,
         queue_ms=outcome.queue_ms,
         compute_ms=outcome.compute_ms,
-        truncated=r["truncated"],
+        truncated=r.truncated,
         batch_size=outcome.batch_size,
-        alternatives=[pb.Alternative(text=t, score=s) for t, s in r["alternatives"]],
+        alternatives=[pb.Alternative(text=t, score=s) for t, s in r.alternatives],
     )
-    if r["attention"] is not None:
-        rows = r["attention"]
-        response.source_tokens.extend(r["source_tokens"])
-        response.target_tokens.extend(r["tokens"])
+    if r.attention is not None:
+        rows = r.attention
+        response.source_tokens.extend(r.source_tokens)
+        response.target_tokens.extend(r.tokens)
         response.attention.rows = len(rows)
         response.attention.cols = len(rows[0]) if rows else 0
         response.attention.weights.extend(w for row in rows for w in row)

@@ -17,7 +17,7 @@ import yaml
 
 from hanseq.engine.config import ConfigurationError
 
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"  # hanseq/service/ -> the repository
 
 
 def _f(default: Any, help: str) -> Any:

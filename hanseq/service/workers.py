@@ -3,8 +3,9 @@
 Processes rather than threads: the decoding loop does Python work at every step and must not
 hold the GIL against the gRPC event loop, and a worker that crashes (or is killed) takes
 nothing else down; the pool starts a new one and only the requests it held fail, with
-UNAVAILABLE. What runs inside the process is service/worker_process.py (with the pipe
-protocol); this file is the server's side: a handle that sends batches and routes results.
+UNAVAILABLE. What runs inside the process is service/worker_process.py, the messages on the
+pipe are service/protocol.py; this file is the server's side: a handle that sends batches and
+routes each row's answer to its owner.
 """
 
 from __future__ import annotations
@@ -15,29 +16,33 @@ import logging
 import multiprocessing as mp
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hanseq.service.errors import ServiceError, Unavailable
+from hanseq.service.protocol import (
+    BatchKey,
+    Cancel,
+    DecodeBatch,
+    Done,
+    Fatal,
+    FromWorker,
+    Partial,
+    Ready,
+    Row,
+    Stop,
+    TaskInfo,
+)
 from hanseq.service.worker_process import worker_main
 
 log = logging.getLogger(__name__)
-SPAWN = mp.get_context("spawn")  # never fork a process that has threads and CUDA state
-
-
-def find_bundles(path: Path) -> list[Path]:
-    """``path`` itself if it is a bundle, else the bundles directly inside it."""
-    if (path / "bundle.json").is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"models path {path} does not exist")
-    found = sorted(p for p in path.iterdir() if (p / "bundle.json").is_file())
-    if not found:
-        raise FileNotFoundError(f"no bundle (a directory with bundle.json) in {path}")
-    return found
+SPAWN = mp.get_context("spawn")
+R = TypeVar(
+    "R"
+)  # the caller's object for a row  # never fork a process that has threads and CUDA state
 
 
 # ---- in the server process -----------------------------------------------------------------
@@ -49,12 +54,13 @@ class WorkerDied(Unavailable):
 
 @dataclass
 class _Job:
-    """One batch sent to a worker: where its rows' partial outputs and results go."""
+    """Where the rows of one batch sent go: their partial outputs, answers, or the worker's
+    death. ``owners`` maps each row's id to the caller's object for it (a batcher Request)."""
 
-    on_partial: Callable[[int, str], None]
-    on_done: Callable[[int, dict[str, Any], float, int], None]  # row, result, ms, batch size
-    on_error: Callable[[ServiceError], None]  # the worker died holding it
-    remaining: int
+    owners: dict[int, Any]
+    on_partial: Callable[[Any, str], None]
+    on_done: Callable[[Any, Done], None]
+    on_error: Callable[[Any, ServiceError], None]  # the worker died holding it
 
 
 class Worker:
@@ -78,11 +84,11 @@ class Worker:
         self.max_tokens = max_tokens  # longest input in tokens (0 = the bundle's own cut)
         self.shortlist = shortlist  # use the bundles' vocabulary-shortlist tables
         self.capacity, self.generation, self.on_change = capacity, generation, on_change
-        self.tasks: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, TaskInfo] = {}
         self.load = 0  # rows sent and not yet answered
-        self.seq = 0
         self.dead = False
-        self._jobs: dict[int, _Job] = {}
+        self._next_row = 0
+        self._jobs: dict[int, _Job] = {}  # row id -> its batch's job
         self._process: Any = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,43 +134,53 @@ class Worker:
             self.kill()
             parent.close()
             raise Unavailable(f"worker on {self.device} did not start: {e or 'timeout'}") from None
-        if ready[0] != "ready":
+        if not isinstance(ready, Ready):
             self.kill()
             parent.close()
-            raise Unavailable(f"worker on {self.device} could not load the models: {ready[1]}")
-        self.tasks = ready[1]
+            message = ready.message if isinstance(ready, Fatal) else repr(ready)
+            raise Unavailable(f"worker on {self.device} could not load the models: {message}")
+        self.tasks = ready.tasks
         threading.Thread(target=self._read, name=f"worker-{self.device}", daemon=True).start()
 
-    def _first_message(self) -> tuple:
+    def _first_message(self) -> FromWorker:
         return self._conn.recv()  # type: ignore[union-attr]
 
     def submit(
         self,
-        task: str,
-        texts: list[str],
-        options: dict[str, Any],
-        stream_rows: list[int],
-        on_partial: Callable[[int, str], None],
-        on_done: Callable[[int, dict[str, Any], float, int], None],
-        on_error: Callable[[ServiceError], None],
-    ) -> int:
-        """Send a batch -> its number (cancellations name it). Results come back row by row,
-        through ``on_done``, in the event loop. Raises WorkerDied."""
+        key: BatchKey,
+        rows: Sequence[tuple[R, str, bool]],
+        on_partial: Callable[[R, str], None],
+        on_done: Callable[[R, Done], None],
+        on_error: Callable[[R, ServiceError], None],
+    ) -> list[int]:
+        """Send (owner, text, stream) rows of one task and options -> their row ids (which
+        cancellations name). Answers come back row by row, through ``on_done(owner, done)``,
+        in the event loop. Raises WorkerDied."""
         if self.dead or self._conn is None:
             raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died")
-        self.seq += 1
+        ids = list(range(self._next_row, self._next_row + len(rows)))
+        self._next_row += len(rows)
+        batch = DecodeBatch(
+            key, [Row(i, text, stream) for i, (_, text, stream) in zip(ids, rows, strict=True)]
+        )
         try:
-            self._conn.send(("batch", self.seq, task, texts, options, stream_rows))
+            self._conn.send(batch)
         except (OSError, ValueError):
             raise WorkerDied(f"worker on {self.device} (pid {self.pid}) died") from None
-        self._jobs[self.seq] = _Job(on_partial, on_done, on_error, len(texts))
-        self.load += len(texts)
-        return self.seq
+        job = _Job(
+            {i: owner for i, (owner, _, _) in zip(ids, rows, strict=True)},
+            on_partial,
+            on_done,
+            on_error,
+        )
+        self._jobs.update({i: job for i in ids})
+        self.load += len(rows)
+        return ids
 
-    def cancel_row(self, seq: int, row: int) -> None:
-        if seq in self._jobs and self._conn is not None:
+    def cancel_row(self, row: int) -> None:
+        if row in self._jobs and self._conn is not None:
             with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("cancel", seq, row))
+                self._conn.send(Cancel(row))
 
     def _read(self) -> None:
         """The reader thread: every message goes to the event loop, in order; at the end of
@@ -182,32 +198,32 @@ class Worker:
             with contextlib.suppress(RuntimeError):  # the loop may be closed already
                 loop.call_soon_threadsafe(self._died)
 
-    def _dispatch(self, message: tuple) -> None:
-        job = self._jobs.get(message[1])
+    def _dispatch(self, message: FromWorker) -> None:
+        if not isinstance(message, Partial | Done):
+            return
+        job = self._jobs.get(message.row)
         if job is None:
             return
-        if message[0] == "partial":
-            job.on_partial(message[2], message[3])
+        if isinstance(message, Partial):
+            job.on_partial(job.owners[message.row], message.text)
             return
-        _, seq, row, result, compute_ms, batch_size = message
+        del self._jobs[message.row]
         self.load -= 1
-        job.remaining -= 1
-        if job.remaining == 0:
-            del self._jobs[seq]
-        job.on_done(row, result, compute_ms, batch_size)
+        job.on_done(job.owners.pop(message.row), message)
         self.on_change(self)
 
     def _died(self) -> None:
         self.dead = True
         jobs, self._jobs, self.load = self._jobs, {}, 0
-        for job in jobs.values():
-            job.on_error(WorkerDied(f"worker on {self.device} (pid {self.pid}) died"))
+        error = WorkerDied(f"worker on {self.device} (pid {self.pid}) died")
+        for row, job in jobs.items():
+            job.on_error(job.owners.pop(row), error)
         self.on_change(self)
 
     async def stop(self, timeout: float = 5.0) -> None:
         if self._conn is not None and self.alive:
             with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("stop",))
+                self._conn.send(Stop())
             await asyncio.to_thread(self._process.join, timeout)
         self.kill()
 

@@ -10,10 +10,11 @@ import torch
 
 from hanseq.engine.bundle import load_bundle
 from hanseq.engine.config import ModelConfig
-from hanseq.engine.copy import NOT_COPYABLE, CopySources, copy_map
 from hanseq.engine.heads import build_model
+from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
-from hanseq.engine.search import SearchOptions, search
+from hanseq.engine.pointer import NOT_COPYABLE, CopySources, copy_map
+from hanseq.engine.search import search
 from hanseq.engine.training import train
 from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from tests.conftest import toy_config
