@@ -110,6 +110,8 @@ class Trainer:
             for task, d in self.tasks.items()
         }
         self.step, self.history = 0, History()
+        self.before_seconds = 0.0  # training time of the runs this one resumed
+        self._started = time.monotonic()
 
     # ---- data -----------------------------------------------------------------------------
     def _prepare_data(self) -> tuple[Side, dict[str, Side], dict[str, TaskData]]:
@@ -191,7 +193,7 @@ class Trainer:
     def run(self, resume: bool) -> Path:
         if resume:
             self._resume()
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         bar = tqdm(
             total=self.t.max_steps,
             initial=self.step,
@@ -304,6 +306,7 @@ class Trainer:
             "train_loss": train_loss,
             "lr": self.scheduler.get_last_lr()[0],
             "gold_ratio": teacher_forcing_ratio(self.t.teacher_forcing, self.step),
+            "minutes": self._minutes(),  # wall time since the first run started, resumes summed
         }
         self.history.records.append(record)
         self._log(record)
@@ -317,6 +320,9 @@ class Trainer:
         self._save_checkpoint(record["score"])
         patience = self.t.patience
         return bool(patience) and self.history.since_best() >= patience
+
+    def _minutes(self) -> float:
+        return round((self.before_seconds + time.monotonic() - self._started) / 60, 2)
 
     def _log(self, record: dict) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -333,6 +339,7 @@ class Trainer:
             "streams": {t: s.state() for t, s in self.streams.items()},
             "history": self.history.records,
             "rng": torch.get_rng_state(),
+            "seconds": self.before_seconds + time.monotonic() - self._started,
         }
 
     def _save_checkpoint(self, score: float) -> None:
@@ -363,6 +370,7 @@ class Trainer:
         for task, s in state["streams"].items():
             self.streams[task].restore(s)
         self.history.records = state["history"]
+        self.before_seconds = float(state.get("seconds", 0.0))
         torch.set_rng_state(state["rng"].cpu())
         if self.ctx.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
