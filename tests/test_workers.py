@@ -13,10 +13,9 @@ import torch
 
 from hanseq.engine.continuous import RunningBatch
 from hanseq.engine.manifest import find_bundles
-from hanseq.engine.options import SearchOptions
+from hanseq.engine.options import BatchKey, SearchOptions
 from hanseq.engine.scheduler import Scheduler
 from hanseq.service.protocol import (
-    BatchKey,
     Cancel,
     Cancelled,
     DecodeBatch,

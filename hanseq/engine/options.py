@@ -56,6 +56,15 @@ class SearchOptions:
                 raise InvalidOptions(message)
 
 
+@dataclass(frozen=True)
+class BatchKey:
+    """Inputs decode together only with equal task and options: the one batching key, from
+    the server's queues to the engine's scheduler."""
+
+    task: str
+    options: SearchOptions
+
+
 # Options a bundle may set per task (manifest ``tasks.<task>.decoding``), applied wherever a
 # request leaves them unset: the deterministic ones only, so a default reply stays cacheable.
 DEFAULTABLE = ("beam_size", "length_penalty", "no_repeat_ngram")

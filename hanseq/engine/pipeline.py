@@ -12,7 +12,7 @@ import torch
 
 from hanseq.engine.bundle import Bundle, Side
 from hanseq.engine.heads import Seq2Seq
-from hanseq.engine.options import Generation, Hypothesis, SearchOptions
+from hanseq.engine.options import BatchKey, Generation, Hypothesis, SearchOptions
 from hanseq.engine.scheduler import Scheduler, Source, padded
 from hanseq.engine.vocabulary import EOS_ID
 
@@ -77,7 +77,7 @@ class Pipeline:
         opts.validate()
         sources = self.tokenize(texts)
         scheduler = self.scheduler(cancelled)
-        scheduler.add(task, opts, self._ordered(sources, opts))
+        scheduler.add(BatchKey(task, opts), self._ordered(sources, opts))
         on_step = self._partials(task, on_partial) if on_partial else None
         results: dict[int, Generation] = {}
         for done in scheduler.run(on_step):

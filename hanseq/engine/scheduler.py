@@ -26,11 +26,10 @@ from torch import Tensor
 from hanseq.engine.beam import beam_search
 from hanseq.engine.continuous import Finished, RunningBatch
 from hanseq.engine.heads import Seq2Seq
-from hanseq.engine.options import Hypothesis, SearchOptions
+from hanseq.engine.options import BatchKey, Hypothesis
 from hanseq.engine.vocabulary import PAD_ID
 
 log = logging.getLogger(__name__)
-BatchKey = tuple[str, SearchOptions]  # inputs decode together only with equal task and options
 StepHook = Callable[[list[int], list[int]], None]  # (keys of live rows, the token each made)
 CancelFlags = Callable[[Sequence[int]], Sequence[bool]]  # keys -> True where the caller left
 
@@ -72,12 +71,11 @@ class Scheduler:
         self._running: dict[BatchKey, list[RunningBatch]] = {}
         self._batch_size: dict[int, int] = {}  # key -> rows decoding when it joined
 
-    def add(self, task: str, opts: SearchOptions, sources: Iterable[Source]) -> None:
+    def add(self, key: BatchKey, sources: Iterable[Source]) -> None:
         """Inputs of one task and options, in the order they should start."""
-        opts.validate()
-        self.model.head(task)  # an unknown task fails here, not at the first step
-        key = (task, opts)
-        if opts.beam_size > 1:
+        key.options.validate()
+        self.model.head(key.task)  # an unknown task fails here, not at the first step
+        if key.options.beam_size > 1:
             self._beams.extend((key, s) for s in sources)
         else:
             self._waiting.setdefault(key, deque()).extend(sources)
@@ -122,7 +120,7 @@ class Scheduler:
             joining = [queue.popleft() for _ in range(min(free, len(queue)))]
             batches = self._running.setdefault(key, [])
             if not batches:
-                batches.append(RunningBatch(self.model, *key))
+                batches.append(RunningBatch(self.model, key.task, key.options))
             self._join(batches[0], joining, out)
         self._waiting = {k: q for k, q in self._waiting.items() if q}
         self._running = {k: b for k, b in self._running.items() if b}
@@ -203,7 +201,7 @@ class Scheduler:
 
     @torch.inference_mode()
     def _beam(self, key: BatchKey, group: list[Source]) -> list[list[Hypothesis]]:
-        task, opts = key
+        task, opts = key.task, key.options
         head = self.model.head(task)
         src, src_len = padded([s.ids for s in group], self.device)
         memory, state = head.prepare(self.model.encode(src, src_len), shortlist=True)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from hanseq.engine.beam import beam_search
 from hanseq.engine.heads import Seq2Seq
-from hanseq.engine.options import Hypothesis, SearchOptions
+from hanseq.engine.options import BatchKey, Hypothesis, SearchOptions
 from hanseq.engine.scheduler import Scheduler, Source
 
 
@@ -53,7 +53,9 @@ def search(
     asked = None if flags is None else lambda keys: _flags_of(flags(), keys)
     scheduler = Scheduler(model, max_rows=src.size(0), cancelled=asked)
     lengths = src_len.tolist()
-    scheduler.add(task, opts, [Source(i, src[i, :n].tolist()) for i, n in enumerate(lengths)])
+    scheduler.add(
+        BatchKey(task, opts), [Source(i, src[i, :n].tolist()) for i, n in enumerate(lengths)]
+    )
     found: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for done in scheduler.run(hooks.on_step):
         if done.error is not None:

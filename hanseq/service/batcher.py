@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hanseq.engine.options import Generation, SearchOptions
+from hanseq.engine.options import BatchKey, Generation, SearchOptions
 from hanseq.service.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -31,7 +31,7 @@ from hanseq.service.errors import (
 )
 from hanseq.service.metrics import Metrics
 from hanseq.service.pool import WorkerPool
-from hanseq.service.protocol import BatchKey, Cancelled, Done, Failed, Refused, TaskInfo
+from hanseq.service.protocol import Cancelled, Done, Failed, Refused, TaskInfo
 from hanseq.service.settings import Settings
 from hanseq.service.workers import Worker
 

@@ -13,15 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hanseq.engine.options import Generation, SearchOptions
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """Rows decode together only with equal task and options: the one batching key."""
-
-    task: str
-    options: SearchOptions
+from hanseq.engine.options import BatchKey, Generation
 
 
 @dataclass(frozen=True)

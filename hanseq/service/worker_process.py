@@ -186,7 +186,7 @@ class Runner:
 
     def admit(self, batch: DecodeBatch) -> None:
         """Rows within the limits go to their scheduler; an empty row is answered at once."""
-        task, opts = batch.key.task, batch.key.options
+        task = batch.key.task
         pipeline = self.pipelines[task]
         sources = []
         for row, tokens in zip(
@@ -200,7 +200,7 @@ class Runner:
                 self._answer(row.id, Generation("", 0.0), 1)
             else:
                 sources.append(self._source(pipeline, row, tokens))
-        self.schedulers[task].add(task, opts, sources)
+        self.schedulers[task].add(batch.key, sources)
 
     @staticmethod
     def _source(pipeline: Pipeline, row: Row, tokens: list[str]) -> Source:

@@ -22,9 +22,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hanseq.engine.options import BatchKey
 from hanseq.service.errors import ServiceError, Unavailable
 from hanseq.service.protocol import (
-    BatchKey,
     Cancel,
     DecodeBatch,
     Done,
