@@ -111,6 +111,14 @@ def test_eval_prints_one_json_object(toy_bundle_path, toy_corpus):
             ["generate", "--model", "{b}", "--task", "reverse", "--beam", "2", "--n-best", "3"],
             "n_best must be between 1 and beam_size",
         ),
+        (
+            ["generate", "--model", "{b}", "--task", "reverse", "--max-length", "0"],
+            "max_length must be >= 1",  # a zero is a value, not "unset"
+        ),
+        (
+            ["generate", "--model", "{b}", "--task", "reverse", "--beam", "0"],
+            "beam_size must be >= 1",
+        ),
         (["train", "--config", "/nonexistent.yaml"], "config file not found"),
         (
             ["eval", "--model", "{b}", "--task", "reverse", "--data", "/nonexistent.tsv"],

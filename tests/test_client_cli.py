@@ -108,6 +108,20 @@ def test_errors_are_one_line_with_the_status(target):
     assert cli("translate", "--beam", "x", target=target).returncode == 2  # argparse
 
 
+@pytest.mark.parametrize(
+    "flags, field",
+    [
+        (["--beam", "0"], "options.beam_size"),
+        (["--max-length", "0"], "options.max_length"),
+        (["--sample", "--temperature", "0"], "options.temperature"),
+    ],
+)
+def test_a_zero_is_passed_on_for_the_server_to_judge(target, flags, field):
+    """Zero is a value, not "unset": the server refuses it, naming the field."""
+    run = cli("translate", *flags, TEXTS[0], target=target)
+    assert run.returncode == 2 and f"INVALID_ARGUMENT: {field}: must be between" in run.stderr
+
+
 def test_help_lists_commands_and_flags():
     run = cli("--help")
     assert run.returncode == 0

@@ -203,7 +203,7 @@ def _options(args: argparse.Namespace, max_length: int, defaults: dict[str, Any]
     return SearchOptions(
         beam_size=beam if beam is not None else int(defaults.get("beam_size", 1)),
         n_best=args.n_best,
-        max_length=args.max_length or max_length,
+        max_length=args.max_length if args.max_length is not None else max_length,
         min_length=args.min_length,
         length_penalty=pick("length_penalty", "length_penalty", 0.0),
         no_repeat_ngram=pick("no_repeat_ngram", "no_repeat_ngram", 0),

@@ -242,8 +242,14 @@ OPTION_FLAGS = (
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the flags given: the server's defaults stay in charge of the rest."""
-    return {n: getattr(args, n) for n in OPTION_FLAGS if getattr(args, n) not in (None, False)}
+    """Only the flags given: the server's defaults stay in charge of the rest. A zero is
+    given (``--beam 0``) and goes to the server, which says what is wrong with it."""
+    options = {}
+    for name in OPTION_FLAGS:
+        value = getattr(args, name)
+        if value is not None and value is not False:  # not `in (None, False)`: 0 == False
+            options[name] = value
+    return options
 
 
 def _client(args: argparse.Namespace) -> Client:
