@@ -5,10 +5,14 @@ health goes SERVING -> NOT_SERVING, the process exits 0."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -87,3 +91,36 @@ def _eventually(check, seconds: float = 120) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_second_server_on_a_port_in_use_refuses_to_start(service_bundle_path):
+    """gRPC shares a port by default (SO_REUSEPORT): two servers would answer calls in turn.
+    The second must say the port is taken and exit non-zero, and the first serve on."""
+    port = free_port()
+    first = start_server(service_bundle_path, port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        wait_serving(channel, first)
+        env = {
+            **os.environ,
+            "HANSEQ_PORT": str(port),
+            "HANSEQ_METRICS_PORT": "-1",
+            "HANSEQ_MODELS": str(service_bundle_path),
+            "HANSEQ_DEVICES": "cpu",
+        }
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "hanseq"), "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"port (HANSEQ_PORT) {port}: cannot listen" in second.stderr
+        assert "Traceback" not in second.stderr
+        stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+        assert stub.ListModels(pb.ListModelsRequest(), timeout=30).tasks  # the first serves on
+    finally:
+        channel.close()
+        first.terminate()
+        assert first.wait(60) == 0

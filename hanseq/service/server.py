@@ -131,11 +131,23 @@ def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool) -> list:
 
 
 def _listen(server: grpc.aio.Server, s: Settings) -> int:
+    """Bind the port, or say plainly that it is taken (the channel options turn gRPC's port
+    sharing off: two servers on one port would answer calls in turn, with different models)."""
     address = f"{s.host}:{s.port}"
     credentials = server_credentials(s)
-    if credentials is None:
-        return server.add_insecure_port(address)
-    return server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise ConfigurationError(
+            f"port (HANSEQ_PORT) {s.port}: cannot listen on {address}; is another server "
+            "using it? Choose another, or 0 for any free port"
+        )
+    return port
 
 
 def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
@@ -166,6 +178,7 @@ def _channel_options(s: Settings) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", int(s.grace_period_s * 1000)),
         ]
     return aged + [
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not shared (see _listen)
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
