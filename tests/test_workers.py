@@ -8,6 +8,8 @@ The runner, the bundle and the decoding are the real ones. Batch ``seq`` holds r
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from hanseq.engine.continuous import RunningBatch
 from hanseq.engine.manifest import find_bundles
 from hanseq.engine.options import BatchKey, SearchOptions
 from hanseq.engine.scheduler import Scheduler
+from hanseq.service.cpus import cpu_quota, usable_cpus
 from hanseq.service.protocol import (
     Cancel,
     Cancelled,
@@ -26,6 +29,7 @@ from hanseq.service.protocol import (
     Row,
 )
 from hanseq.service.worker_process import Runner
+from hanseq.service.workers import default_threads
 from tests.conftest import REPO, reversal_pairs
 
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(7, seed=51)]
@@ -265,3 +269,25 @@ def test_a_real_cuda_out_of_memory_splits_and_every_row_is_answered():
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert [getattr(r, "text", None) for r in tight] == [r.text for r in roomy]
     assert recovered  # it did run out, and split
+
+
+def test_cpu_threads_follow_the_cgroup_quota(tmp_path):
+    """A container's CPU limit, not the node's cores, sets the default thread count."""
+    cores = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert cpu_quota(v2) == 1.5 and usable_cpus(v2)[0] == 1
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(v2) is None and usable_cpus(v2)[0] == cores
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path / "v1") == 4.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path / "v1") is None
+    assert cpu_quota(tmp_path / "nothing-here") is None
+    assert default_threads(3, 2) == (3, "cpu_threads (HANSEQ_CPU_THREADS)")
+    threads, why = default_threads(0, 1)
+    assert threads == usable_cpus()[0] and "CPU worker" in why

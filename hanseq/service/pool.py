@@ -56,7 +56,9 @@ class WorkerPool:
     async def _start_generation(self, generation: int) -> list[Worker]:
         devices = self.settings.device_list()
         cpu_workers = sum(1 for d in devices if d == "cpu")
-        threads = default_threads(self.settings.cpu_threads, cpu_workers)
+        threads, why = default_threads(self.settings.cpu_threads, cpu_workers)
+        if cpu_workers:
+            log.info("CPU workers use %d torch thread(s) each: %s", threads, why)
         workers = [self._new_worker(d, threads, generation) for d in devices]
         results = await asyncio.gather(
             *(w.start(self.settings.worker_start_timeout_s) for w in workers),

@@ -30,7 +30,9 @@ class Settings:
     port: int = _f(50051, "gRPC port (0 = any free port)")
     models: str = _f("models", "a bundle directory, or a directory of bundles")
     devices: str = _f("auto", "auto | cpu | cuda:0,cuda:1,... (one worker per entry)")
-    cpu_threads: int = _f(0, "torch threads per CPU worker (0 = cores / CPU workers)")
+    cpu_threads: int = _f(
+        0, "torch threads per CPU worker (0 = usable CPUs, the cgroup quota counted, / CPU workers)"
+    )
     half_precision: bool = _f(True, "fp16 weights on CUDA workers (never on CPU)")
     cpu_int8: bool = _f(
         False, "int8 decoder products on CPU workers: faster decoding, scores in bench/README.md"

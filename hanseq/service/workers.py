@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hanseq.engine.options import BatchKey
+from hanseq.service.cpus import usable_cpus
 from hanseq.service.errors import ServiceError, Unavailable
 from hanseq.service.protocol import (
     Cancel,
@@ -233,7 +233,10 @@ class Worker:
             self._process.join(5)
 
 
-def default_threads(settings_threads: int, cpu_workers: int) -> int:
+def default_threads(settings_threads: int, cpu_workers: int) -> tuple[int, str]:
+    """Torch threads per CPU worker and why: the setting, else the CPUs this process may use
+    (its cgroup quota counted, service/cpus.py) shared among the CPU workers."""
     if settings_threads > 0:
-        return settings_threads
-    return max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+        return settings_threads, "cpu_threads (HANSEQ_CPU_THREADS)"
+    cpus, why = usable_cpus()
+    return max(1, cpus // max(cpu_workers, 1)), f"{why}, {max(cpu_workers, 1)} CPU worker(s)"
