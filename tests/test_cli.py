@@ -222,3 +222,19 @@ def test_export_keeps_drops_or_rebuilds_the_shortlist_tables(toy_bundle_path, to
         str(config),
     )
     assert run.returncode == 2 and "no 'reverse'" in run.stderr
+
+
+def test_train_with_a_vocabulary_too_small_names_the_key_and_a_size(toy_corpus, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+name: cli-toy
+data: {{root: {toy_corpus}}}
+source: {{kind: mecab, subword: bpe, vocab_size: 50}}
+tasks: {{reverse: {{train: train.tsv, valid: valid.tsv}}}}
+model: {{embedding_dim: 16, hidden_size: 16}}
+training: {{output_dir: {tmp_path / "run"}, max_steps: 2, valid_every: 2}}
+""")
+    run = hanseq("train", "--config", str(config))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "source.vocab_size: 50 is too small for this data, which needs at least" in run.stderr
+    assert "try 300 or more" in run.stderr

@@ -12,6 +12,7 @@ Both use identity normalization and byte fallback: nothing is rewritten, nothing
 from __future__ import annotations
 
 import io
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable
@@ -48,6 +49,15 @@ class Tokenizer(ABC):
     def load(self, directory: Path, stem: str) -> None: ...
 
 
+class VocabularyTooSmall(ValueError):
+    """SentencePiece needs at least ``needed`` pieces (every character and the 256 byte
+    pieces of the byte fallback) and was asked for ``vocab_size``."""
+
+    def __init__(self, vocab_size: int, needed: int):
+        self.vocab_size, self.needed = vocab_size, needed
+        super().__init__(f"vocab_size {vocab_size} is below the {needed} pieces this data needs")
+
+
 class SentencePieceModel:
     """A SentencePiece BPE model trained in memory, with lossless settings."""
 
@@ -60,22 +70,28 @@ class SentencePieceModel:
         cls, sentences: Iterable[str], vocab_size: int, dummy_prefix: bool
     ) -> SentencePieceModel:
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,  # small corpora yield fewer pieces than asked: fine
-            normalization_rule_name="identity",
-            add_dummy_prefix=dummy_prefix,
-            remove_extra_whitespaces=False,
-            byte_fallback=True,
-            character_coverage=0.9995,
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=model,
+                model_type="bpe",
+                vocab_size=vocab_size,
+                hard_vocab_limit=False,  # small corpora yield fewer pieces than asked: fine
+                normalization_rule_name="identity",
+                add_dummy_prefix=dummy_prefix,
+                remove_extra_whitespaces=False,
+                byte_fallback=True,
+                character_coverage=0.9995,
+                unk_id=0,
+                bos_id=-1,
+                eos_id=-1,
+                minloglevel=2,
+            )
+        except RuntimeError as e:  # SentencePiece's message is a C++ assertion: say it plainly
+            needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+            if needed is None:
+                raise
+            raise VocabularyTooSmall(vocab_size, int(needed.group(1))) from None
         return cls(model.getvalue())
 
     def pieces(self) -> list[str]:

@@ -8,10 +8,12 @@ At the end the best checkpoints are averaged into the bundle's weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.pointer import copy_maps
 from hanseq.engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from hanseq.engine.shortlist import LexicalTable
-from hanseq.engine.tokenizers import build_tokenizer
+from hanseq.engine.tokenizers import VocabularyTooSmall, build_tokenizer
 from hanseq.engine.vocabulary import PAD_ID, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -176,13 +178,16 @@ class Trainer:
             sources = [ex.source for train, _, _ in raw.values() for ex in train]
             src_tok = build_tokenizer(self.cfg.source)
             # Speaker marks are tokens of their own, never learnt as text (engine/dialogue).
-            vocab = src_tok.fit(part for s in sources for part in split_marks(s))
+            with _vocabulary_key("source.vocab_size"):
+                vocab = src_tok.fit(part for s in sources for part in split_marks(s))
             if any(t.context_turns for t in self.cfg.tasks.values()):
                 vocab = Vocabulary([*vocab.itos, *MARKS])
             Side(src_tok, vocab).save(vocab_dir, "source")
             for task, (train, _, _) in raw.items():
                 tok = build_tokenizer(self.cfg.tasks[task].target)
-                Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
+                with _vocabulary_key(f"tasks.{task}.target.vocab_size"):
+                    side = Side(tok, tok.fit(ex.target for ex in train))
+                side.save(vocab_dir, f"target.{task}")
             done.touch()
         dist_utils.barrier(self.ctx)
         source = Side.load(vocab_dir, "source", self.cfg.source)
@@ -441,6 +446,20 @@ class Trainer:
         )
         tqdm.write(f"bundle written to {bundle}")
         return bundle
+
+
+@contextlib.contextmanager
+def _vocabulary_key(key: str) -> Iterator[None]:
+    """A vocabulary SentencePiece cannot learn becomes an error naming the config key and a
+    size that works (what the data needs, rounded up to the next hundred)."""
+    try:
+        yield
+    except VocabularyTooSmall as e:
+        workable = -(-e.needed // 100) * 100
+        raise ConfigurationError(
+            f"{key}: {e.vocab_size} is too small for this data, which needs at least "
+            f"{e.needed} pieces (its characters and 256 byte pieces); try {workable} or more"
+        ) from None
 
 
 def valid_subset(examples: list[Example], limit: int) -> list[Example]:
