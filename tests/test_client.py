@@ -106,6 +106,7 @@ def test_sync_stream_grows_to_the_final_result(client, offline):
     )[0]
     assert updates[-1].result is not None and updates[-1].result.text == expected.text
     assert all(b.text.startswith(a.text) for a, b in zip(updates, updates[1:], strict=False))
+    assert "".join(u.delta for u in updates) == expected.text
 
 
 def test_sync_stream_left_early_is_cancelled(client):

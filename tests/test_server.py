@@ -119,6 +119,7 @@ async def test_stream_grows_to_the_final_result(served, offline):
     assert final.text == expected[0].text == messages[-1].text
     assert all(b.text.startswith(a.text) for a, b in zip(messages, messages[1:], strict=False))
     assert len(messages) >= 3
+    assert "".join(m.delta for m in messages) == final.text  # the deltas add up
 
 
 async def test_list_models_shows_tasks_versions_and_limits(served):

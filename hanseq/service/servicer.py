@@ -122,15 +122,18 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         partials: asyncio.Queue[Any] = asyncio.Queue()
         req = self._submit(task, request.text, options, context, on_partial=partials.put_nowait)
         req.future.add_done_callback(lambda _: partials.put_nowait(_DONE))
+        sent = ""
         try:
             while (item := await self._within(partials.get(), context)) is not _DONE:
-                yield pb.GenerateStreamResponse(text=item)
+                yield pb.GenerateStreamResponse(text=item, delta=_added(sent, item))
+                sent = item
             outcome = req.future.result()
         finally:
             if not req.future.done():
                 req.cancel()  # the caller left or its deadline passed: stop decoding it
+        text = outcome.result.text
         yield pb.GenerateStreamResponse(
-            text=outcome.result.text, final=True, result=_response(outcome)
+            text=text, final=True, result=_response(outcome), delta=_added(sent, text)
         )
 
     async def ListModels(
@@ -395,6 +398,12 @@ def _finite(field: str, value: float, low: float, high: float) -> float:
 
 def _numbers(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+
+
+def _added(before: str, now: str) -> str:
+    """The text ``now`` adds to ``before``. A partial output only grows (each is the
+    detokenized prefix of the next), so this is its tail."""
+    return now[len(before) :] if now.startswith(before) else now
 
 
 def _recalled(value: bytes, model: TaskInfo) -> pb.GenerateResponse | None:

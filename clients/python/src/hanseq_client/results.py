@@ -56,12 +56,14 @@ class Result:
 
 @dataclass(frozen=True)
 class StreamUpdate:
-    """One message of ``stream()``: the output so far (the whole prefix, not a delta); the last
-    one has ``final=True`` and the complete ``result``."""
+    """One message of ``stream()``: the output so far (``text``, the whole prefix) and what it
+    added since the previous message (``delta``); the last one has ``final=True`` and the
+    complete ``result``."""
 
     text: str
     final: bool
     result: Result | None = None
+    delta: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def _attention(reply: pb.GenerateResponse) -> Attention | None:
 
 def update_from_pb(reply: pb.GenerateStreamResponse, total_ms: float) -> StreamUpdate:
     result = result_from_pb(reply.result, total_ms) if reply.final else None
-    return StreamUpdate(text=reply.text, final=reply.final, result=result)
+    return StreamUpdate(text=reply.text, final=reply.final, result=result, delta=reply.delta)
 
 
 def task_from_pb(info: pb.TaskInfo) -> ModelInfo:
