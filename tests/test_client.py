@@ -48,7 +48,7 @@ def test_public_surface_is_deliberate():
         + ["Result", "Alternative", "Attention", "Timings", "StreamUpdate", "Models"]
         + ["ModelInfo", "Limits", "HanseqError", "InvalidInput", "Unsupported", "Overloaded"]
         + ["Unavailable", "DeadlineExceeded", "Unauthenticated", "PermissionDenied"]
-        + ["Cancelled", "ServerError", "__version__"]
+        + ["Cancelled", "ServerError", "FailedPrecondition", "__version__"]
     )
     assert all(hasattr(hanseq_client, name) for name in hanseq_client.__all__)
     for name in ["InvalidInput", "Overloaded", "Unavailable", "DeadlineExceeded", "ServerError"]:
@@ -173,8 +173,8 @@ def test_server_refusals_name_the_field(client):
     assert caught.value.code == "INVALID_ARGUMENT" and caught.value.request_id
     with pytest.raises(E.InvalidInput, match="beam_size"):
         client.translate(TEXTS[0], beam_size=99)
-    with pytest.raises(E.InvalidInput, match="task"):
-        client.generate("poetry", TEXTS[0])
+    with pytest.raises(E.Unsupported, match="task 'poetry' is not served here"):
+        client.generate("poetry", TEXTS[0])  # as translate() against a server without it
     with pytest.raises(E.DeadlineExceeded):
         client.translate(TEXTS[5], timeout=0.001, no_cache=True, min_length=15)
     assert client.translate(TEXTS[5]).text  # and the server serves on
@@ -260,7 +260,7 @@ class ScriptedServer:
 MAPPING = {
     "INVALID_ARGUMENT": E.InvalidInput,
     "OUT_OF_RANGE": E.InvalidInput,
-    "FAILED_PRECONDITION": E.InvalidInput,
+    "FAILED_PRECONDITION": E.FailedPrecondition,
     "NOT_FOUND": E.InvalidInput,
     "UNIMPLEMENTED": E.Unsupported,
     "RESOURCE_EXHAUSTED": E.Overloaded,

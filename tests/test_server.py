@@ -167,7 +167,6 @@ BAD = [
         pb.TranslateRequest(text="가" * 2001),
         "text: is 2001 characters; the limit is 2000",
     ),
-    ("Generate", pb.GenerateRequest(task="poetry", text="x"), "task: unknown task 'poetry'"),
     ("Generate", pb.GenerateRequest(text="x"), "task: must name a task"),
     (
         "Translate",
@@ -243,6 +242,29 @@ async def test_bad_input_is_invalid_argument_naming_the_field(served, method, re
     _, stub, _, _ = served
     code, details = await code_of(getattr(stub, method)(request_))
     assert code == CODE.INVALID_ARGUMENT and details.startswith(message), details
+
+
+@pytest.mark.parametrize(
+    "method, request_",
+    [
+        ("Generate", pb.GenerateRequest(task="poetry", text="x")),
+        ("GenerateBatch", pb.GenerateBatchRequest(task="poetry", texts=["x"])),
+    ],
+)
+async def test_a_task_not_served_is_unimplemented_in_every_rpc(served, method, request_):
+    """One rule: a task the bundles lack is UNIMPLEMENTED, named by the RPC or the request."""
+    _, stub, _, _ = served
+    code, details = await code_of(getattr(stub, method)(request_))
+    assert code == CODE.UNIMPLEMENTED, (code, details)
+    assert details == "task 'poetry' is not served here; served: translate, respond, summarize"
+    stream = stub.GenerateStream(pb.GenerateRequest(task="poetry", text="x"))
+    code, details = await code_of(_drain(stream))
+    assert code == CODE.UNIMPLEMENTED and details.startswith("task 'poetry' is not served")
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
 
 
 async def test_streaming_refuses_beam_search(served):

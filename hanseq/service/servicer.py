@@ -162,11 +162,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         options_pb: pb.DecodingOptions,
         context: grpc.aio.ServicerContext,
     ) -> pb.GenerateResponse:
-        if task not in self.pool.tasks:
-            self._not_ready()
-            raise Unimplemented(
-                f"task {task!r} is not served here; served: {', '.join(self.pool.tasks)}"
-            )
+        self._served(task)
         self._check_text(text, field)
         options = self._options(options_pb, task)
         answer = self._answer(task, text, options, options_pb.no_cache, context)
@@ -244,14 +240,20 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             raise Unavailable("the server is starting or stopping: models are not being served")
 
     def _task(self, task: str, field: str) -> str:
+        """A task named in the request: missing is the request's fault (INVALID_ARGUMENT),
+        not served is this server's (UNIMPLEMENTED, as for Summarize without its head)."""
         self._not_ready()
         if not task:
             raise InvalidArgument(field, f"must name a task; served: {', '.join(self.pool.tasks)}")
-        if task not in self.pool.tasks:
-            raise InvalidArgument(
-                field, f"unknown task {task!r}; served: {', '.join(self.pool.tasks)}"
-            )
+        self._served(task)
         return task
+
+    def _served(self, task: str) -> None:
+        if task not in self.pool.tasks:
+            self._not_ready()
+            raise Unimplemented(
+                f"task {task!r} is not served here; served: {', '.join(self.pool.tasks)}"
+            )
 
     def _check_text(self, text: str, field: str) -> None:
         if not text.strip():

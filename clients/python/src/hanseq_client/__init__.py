@@ -13,6 +13,7 @@ from hanseq_client.client import Client
 from hanseq_client.errors import (
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     HanseqError,
     InvalidInput,
     Overloaded,
@@ -45,6 +46,7 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "DecodingOptions",
+    "FailedPrecondition",
     "HanseqError",
     "InvalidInput",
     "Limits",

@@ -21,12 +21,17 @@ class HanseqError(Exception):
 
 
 class InvalidInput(HanseqError):
-    """The request was refused as it stands: empty text, over a limit, unknown task, options
+    """The request was refused as it stands: empty text, over a limit, no task named, options
     out of range. Retrying the same request cannot succeed."""
 
 
 class Unsupported(HanseqError):
     """The server does not serve this (a task its bundles lack, or an older server)."""
+
+
+class FailedPrecondition(HanseqError):
+    """The server cannot do this as it stands: e.g. a reload whose bundles failed to load (the
+    previous models still serve). The request is fine; the server's files need fixing."""
 
 
 class Overloaded(HanseqError):
@@ -71,7 +76,7 @@ class ServerError(HanseqError):
 _BY_CODE: dict[grpc.StatusCode, type[HanseqError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.OUT_OF_RANGE: InvalidInput,
-    grpc.StatusCode.FAILED_PRECONDITION: InvalidInput,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.NOT_FOUND: InvalidInput,
     grpc.StatusCode.UNIMPLEMENTED: Unsupported,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
