@@ -122,6 +122,17 @@ def test_a_zero_is_passed_on_for_the_server_to_judge(target, flags, field):
     assert run.returncode == 2 and f"INVALID_ARGUMENT: {field}: must be between" in run.stderr
 
 
+def test_a_cut_input_is_said_on_stderr_with_its_line(target, client):
+    long = " ".join(["사과"] * 30)  # 30 tokens; the toy model reads 19
+    run = cli("translate", target=target, stdin=f"{TEXTS[0]}\n{long}\n")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[1] == client.translate(long).text  # answered all the same
+    message = "line 2: input longer than the model reads: only its first 19 tokens were decoded"
+    assert message in run.stderr and "line 1" not in run.stderr
+    one = cli("translate", long, target=target)
+    assert "hanseq-client: input longer than the model reads" in one.stderr
+
+
 def test_help_lists_commands_and_flags():
     run = cli("--help")
     assert run.returncode == 0

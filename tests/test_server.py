@@ -130,6 +130,7 @@ async def test_list_models_shows_tasks_versions_and_limits(served):
     assert reply.tasks[0].metric == "bleu" and "bleu" in reply.tasks[0].valid_scores
     assert reply.tasks[1].metric == "rouge_l" and "rouge_l" in reply.tasks[1].valid_scores
     assert reply.limits.max_beam_size == 8 and reply.limits.max_input_chars == 2000
+    assert {t.max_source_tokens for t in reply.tasks} == {19}  # data.max_source_length 20
 
 
 async def test_health_per_task_and_reflection(served):

@@ -27,6 +27,7 @@ class TaskInfo:
     context_turns: int = 0  # respond: turns of history the model reads (0: the message only)
     decoding: dict[str, float] = field(default_factory=dict)  # the bundle's default options
     max_target_length: int = 100
+    max_source_length: int = 200  # longer inputs are cut to this many tokens
 
 
 # ---- server -> worker --------------------------------------------------------------------

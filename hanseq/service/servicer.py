@@ -345,6 +345,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 valid_scores=_numbers(i.valid_scores),
                 context_turns=i.context_turns,
                 defaults=pb.DecodingOptions(**self._defaults(task)),
+                max_source_tokens=i.max_source_length - 1,  # the last position is EOS
             )
             for task, i in self.pool.tasks.items()
         ]

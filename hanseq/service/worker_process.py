@@ -152,6 +152,7 @@ class Runner:
                 context_turns=bundle.context_turns(task),
                 decoding=dict(bundle.decoding(task)),
                 max_target_length=int(bundle.manifest.get("max_target_length", 100)),
+                max_source_length=int(bundle.manifest.get("max_source_length", 200)),
             )
         return out
 

@@ -277,12 +277,27 @@ def run_task(client: Client, args: argparse.Namespace) -> int:
     else:
         results = _batched(client, args, _stdin_lines(args), options)
     drawn = None
-    for result in results:  # printed as they come, so a long input shows progress
+    for line, result in enumerate(results, 1):  # printed as they come: progress shows
         _print(result, args.json)
+        if result is not None and result.truncated:
+            _say_truncated(client, args, line)
         drawn = result or drawn
     if args.plot_attention and drawn is not None:
         _plot(drawn, args)
     return 0
+
+
+def _say_truncated(client: Client, args: argparse.Namespace, line: int) -> None:
+    """The output of a cut input is printed as any other; stderr says it was cut, and to how
+    many tokens (asked of the server once)."""
+    limit = getattr(args, "_source_limit", None)
+    if limit is None:
+        tasks = {t.task: t for t in client.models().tasks}
+        limit = args._source_limit = tasks[args.task].max_source_tokens if args.task in tasks else 0
+    where = "" if args.text is not None and args.text != "-" else f"line {line}: "
+    cut = f"its first {limit} tokens" if limit else "its beginning"
+    print(f"hanseq-client: {where}input longer than the model reads: only {cut} were decoded",
+          file=sys.stderr)  # fmt: skip
 
 
 def _stdin_lines(args: argparse.Namespace) -> list[str]:

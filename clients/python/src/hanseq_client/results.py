@@ -75,6 +75,7 @@ class ModelInfo:
     valid_scores: dict[str, float] = field(default_factory=dict)
     context_turns: int = 0  # respond: turns of history the model reads (0: the message only)
     defaults: dict[str, float] = field(default_factory=dict)  # options an unset field takes
+    max_source_tokens: int = 0  # longer inputs are cut to this many tokens (Result.truncated)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def task_from_pb(info: pb.TaskInfo) -> ModelInfo:
         scores,
         info.context_turns,
         defaults,
+        info.max_source_tokens,
     )
 
 
