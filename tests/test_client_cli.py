@@ -188,3 +188,39 @@ def test_plot_attention_needs_exactly_one_input(target, tmp_path):
     run = cli("translate", "--plot-attention", str(tmp_path / "x.png"), target=target,
               stdin=f"{TEXTS[0]}\n{TEXTS[1]}\n")  # fmt: skip
     assert run.returncode == 2 and "draws one input" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "name, magic", [("a.jpg", b"\xff\xd8\xff"), ("a.svg", b"<?xml"), ("a.pdf", b"%PDF")]
+)
+def test_plot_attention_writes_the_format_its_name_asks_for(target, tmp_path, name, magic):
+    run = cli("translate", "사과 바다", "--plot-attention", str(tmp_path / name), target=target)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / name).read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--plot-attention", "{tmp}/a.gif"], "--plot-attention: {tmp}/a.gif: cannot write .gif"),
+        (["--plot-attention", "{tmp}/missing/a.png"], "is not a folder; create it first"),
+        (["--attention"], "--attention shows in --json output"),
+    ],
+)
+def test_plot_and_attention_mistakes_are_one_line(target, tmp_path, flags, message):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    run = cli("translate", "사과 바다", *flags, target=target)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert (
+        run.stderr.startswith("hanseq-client: ")
+        and message.replace("{tmp}", str(tmp_path)) in run.stderr
+    )
+
+
+def test_plot_labels_drop_word_marks_and_thin_out_on_long_inputs():
+    assert P.tick_labels(["▁사과", "를", "▁", "</s>"]) == (
+        [0, 1, 2, 3],
+        ["사과", "를", "▁", "</s>"],
+    )
+    positions, labels = P.tick_labels([f"▁t{i}" for i in range(150)])
+    assert positions == list(range(0, 150, 3)) and labels[1] == "t3" and len(labels) <= 60

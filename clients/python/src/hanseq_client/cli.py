@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from hanseq_client.channel import DEFAULT_TARGET, TLS
@@ -269,9 +270,12 @@ def _client(args: argparse.Namespace) -> Client:
 
 def run_task(client: Client, args: argparse.Namespace) -> int:
     options = _options(args)
+    if args.return_attention and not args.json:
+        raise Exit(2, "--attention shows in --json output: add --json, or draw it with "
+                   "--plot-attention FILE")  # fmt: skip
     if args.plot_attention:
         options["return_attention"] = True
-        _check_plotting(args.font)  # before the call: a missing font should not waste it
+        _check_plotting(args.font, args.plot_attention)  # before the call: not wasted
     if args.text is not None and args.text != "-":
         results: Iterable[Result | None] = [_one(client, args, args.text, options)]
     else:
@@ -389,20 +393,33 @@ def _models_table(models: Models) -> str:
 # -- plotting --------------------------------------------------------------------------------
 
 
-def _check_plotting(font: str | None) -> None:
-    """Before calling the server: is matplotlib there, and a font that can draw Hangul?"""
+def _check_plotting(font: str | None, path: str) -> None:
+    """Before calling the server: is matplotlib there, a font that can draw Hangul, a format
+    we write, and a folder to write it in?"""
     plot = _plot_module()
     try:
         plot.find_font(["한"], font)
-    except plot.FontNotFound as e:
-        raise Exit(2, str(e)) from None
+        plot.image_format(path)
+    except (plot.FontNotFound, ValueError) as e:
+        raise Exit(2, f"--plot-attention: {e}") from None
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise Exit(2, f"--plot-attention: {folder} is not a folder; create it first")
 
 
 def _plot(result: Result, args: argparse.Namespace) -> None:
     plot = _plot_module()
     if result.attention is None:
         raise Exit(1, "the server returned no attention for this input")
-    path = plot.plot_attention(result.attention, args.plot_attention, font=args.font)
+    title = f"{args.task}: {result.model_id} {result.model_version}"
+    try:
+        path = plot.plot_attention(
+            result.attention, args.plot_attention, font=args.font, title=title
+        )
+    except OSError as e:
+        raise Exit(
+            2, f"--plot-attention: cannot write {args.plot_attention}: {e.strerror}"
+        ) from None
     print(f"hanseq-client: attention plot written to {path}", file=sys.stderr)
 
 

@@ -40,6 +40,30 @@ class FontNotFound(RuntimeError):
     pass
 
 
+# What the file name's suffix asks for, and what matplotlib writes for it.
+FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".svg": "svg", ".pdf": "pdf"}
+MAX_LABELS = 60  # per axis; a longer input labels every n-th token so the labels stay legible
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format ``path`` names by its suffix; ValueError for one this module does not write."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(
+            f"{path}: cannot write {suffix or 'a file without a suffix'}; "
+            f"name a {', '.join(sorted(set(FORMATS)))} file"
+        )
+    return FORMATS[suffix]
+
+
+def tick_labels(tokens: list[str]) -> tuple[list[int], list[str]]:
+    """Positions and labels for an axis: the tokens without their word-start marks (``▁``),
+    every n-th one past MAX_LABELS."""
+    step = max(1, -(-len(tokens) // MAX_LABELS))
+    shown = list(range(0, len(tokens), step))
+    return shown, [tokens[i].replace("\u2581", "") or "\u2581" for i in shown]
+
+
 def plot_attention(
     attention: Attention,
     path: str | os.PathLike,
@@ -47,7 +71,9 @@ def plot_attention(
     font: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> Path:
-    """Write ``attention`` as a PNG heatmap to ``path``; the figure grows with the matrix."""
+    """Write ``attention`` as a heatmap to ``path`` (PNG, JPEG, SVG or PDF, by its suffix);
+    the figure grows with the matrix up to a cap, and long inputs label every n-th token."""
+    kind = image_format(path)
     matplotlib, plt = _pyplot()
     labels = attention.source_tokens + attention.target_tokens + [title or ""]
     family = find_font(labels, font)
@@ -57,15 +83,15 @@ def plot_attention(
         fig, ax = plt.subplots(figsize=size, dpi=100)
         try:
             image = ax.imshow(attention.weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-            ax.set_xticks(range(cols), attention.source_tokens, rotation=45, ha="right")
-            ax.set_yticks(range(rows), attention.target_tokens)
+            ax.set_xticks(*tick_labels(attention.source_tokens), rotation=45, ha="right")
+            ax.set_yticks(*tick_labels(attention.target_tokens))
             ax.set_xlabel("source")
             ax.set_ylabel("output")
             if title:
                 ax.set_title(title)
             fig.colorbar(image, ax=ax, fraction=0.04)
             fig.tight_layout()
-            fig.savefig(path, format="png")
+            fig.savefig(path, format=kind)
         finally:
             plt.close(fig)
     return Path(path)
