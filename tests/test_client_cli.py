@@ -224,3 +224,25 @@ def test_plot_labels_drop_word_marks_and_thin_out_on_long_inputs():
     )
     positions, labels = P.tick_labels([f"▁t{i}" for i in range(150)])
     assert positions == list(range(0, 150, 3)) and labels[1] == "t3" and len(labels) <= 60
+
+
+def test_a_bad_stdin_line_gets_its_error_and_the_others_their_answers(target, client):
+    lines = [TEXTS[0].encode(), ("가" * 2001).encode(), b"\xff\xfe broken", TEXTS[1].encode()]
+    run = subprocess.run(
+        [str(BIN / "hanseq-client"), "--target", target, "translate", "--batch-size", "4"],
+        input=b"\n".join(lines) + b"\n",
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "HANSEQ_TOKEN": ""},
+    )
+    out, err = run.stdout.decode(), run.stderr.decode()
+    assert run.returncode == 2 and "Traceback" not in err
+    assert out.split("\n")[:4] == [
+        client.translate(TEXTS[0]).text,
+        "",
+        "",
+        client.translate(TEXTS[1]).text,
+    ]
+    assert "line 2: is 2001 characters; the limit is 2000" in err
+    assert "line 3: not valid UTF-8 (byte 1)" in err
+    assert "2 input line(s) got no result" in err

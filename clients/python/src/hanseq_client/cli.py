@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,13 @@ def _client(args: argparse.Namespace) -> Client:
 # -- the commands ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LineError:
+    """An input line that got no result: why, with its line number."""
+
+    message: str
+
+
 def run_task(client: Client, args: argparse.Namespace) -> int:
     options = _options(args)
     if args.return_attention and not args.json:
@@ -277,17 +284,24 @@ def run_task(client: Client, args: argparse.Namespace) -> int:
         options["return_attention"] = True
         _check_plotting(args.font, args.plot_attention)  # before the call: not wasted
     if args.text is not None and args.text != "-":
-        results: Iterable[Result | None] = [_one(client, args, args.text, options)]
+        results: Iterable[Result | LineError | None] = [_one(client, args, args.text, options)]
     else:
         results = _batched(client, args, _stdin_lines(args), options)
-    drawn = None
+    drawn, failed = None, 0
     for line, result in enumerate(results, 1):  # printed as they come: progress shows
+        if isinstance(result, LineError):  # its error on stderr, an empty line in its place
+            print(f"hanseq-client: {result.message}", file=sys.stderr)
+            failed += 1
+            result = None
         _print(result, args.json)
         if result is not None and result.truncated:
             _say_truncated(client, args, line)
         drawn = result or drawn
     if args.plot_attention and drawn is not None:
         _plot(drawn, args)
+    if failed:
+        print(f"hanseq-client: {failed} input line(s) got no result (above)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -304,13 +318,20 @@ def _say_truncated(client: Client, args: argparse.Namespace, line: int) -> None:
           file=sys.stderr)  # fmt: skip
 
 
-def _stdin_lines(args: argparse.Namespace) -> list[str]:
+def _stdin_lines(args: argparse.Namespace) -> list[str | LineError]:
+    """One input per line; a line that is not UTF-8 is an error of its own, not the run's."""
     if args.text is None and sys.stdin.isatty():
         raise Exit(2, "give TEXT, or pipe one input per line on stdin")
     if getattr(args, "history", None):
         raise Exit(2, "--user/--service go with one TEXT argument, not with stdin")
-    lines = [line.rstrip("\r\n") for line in sys.stdin]
-    if args.plot_attention and sum(1 for line in lines if line.strip()) != 1:
+    lines: list[str | LineError] = []
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as e:
+            lines.append(LineError(f"line {number}: not valid UTF-8 (byte {e.start + 1})"))
+    filled = sum(1 for line in lines if isinstance(line, str) and line.strip())
+    if args.plot_attention and filled != 1:
         raise Exit(2, "--plot-attention draws one input; give exactly one")
     return lines
 
@@ -322,27 +343,54 @@ def _one(client: Client, args: argparse.Namespace, text: str, options: dict[str,
 
 
 def _batched(
-    client: Client, args: argparse.Namespace, lines: list[str], options: dict[str, Any]
-) -> Iterator[Result | None]:
-    """Results in line order (None for an empty line); a few batches are in flight at once."""
-    filled = [i for i, line in enumerate(lines) if line.strip()]
+    client: Client, args: argparse.Namespace, lines: list[str | LineError], options: dict[str, Any]
+) -> Iterator[Result | LineError | None]:
+    """Results in line order (None for an empty line, a LineError for a refused one); a few
+    batches are in flight at once."""
+    texts = {i: line for i, line in enumerate(lines) if isinstance(line, str) and line.strip()}
+    filled = sorted(texts)
     chunks = [filled[i : i + args.batch_size] for i in range(0, len(filled), args.batch_size)]
 
-    def send(chunk: list[int]) -> list[Result]:
-        try:
-            return client.batch(args.task, [lines[i] for i in chunk], **options)
-        except HanseqError as e:
-            e.args = (_name_lines(str(e), chunk),)  # texts[3] -> line 36
-            raise
+    def send(chunk: list[int]) -> dict[int, Result | LineError]:
+        return _send_chunk(client, args.task, texts, chunk, options)
 
-    done = 0  # lines printed so far
+    answered: dict[int, Result | LineError] = {}
+    done = 0  # lines yielded so far
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        for chunk, replies in zip(chunks, pool.map(send, chunks), strict=True):
-            for i, result in zip(chunk, replies, strict=True):
-                yield from [None] * (i - done)
-                yield result
-                done = i + 1
-    yield from [None] * (len(lines) - done)
+        for replies in pool.map(send, chunks):
+            answered.update(replies)
+            while done < len(lines) and (done in answered or done not in texts):
+                line = lines[done]
+                yield answered.pop(done, line if isinstance(line, LineError) else None)
+                done += 1
+    for line in lines[done:]:
+        yield line if isinstance(line, LineError) else None
+
+
+def _send_chunk(
+    client: Client, task: str, texts: dict[int, str], chunk: list[int], options: dict[str, Any]
+) -> dict[int, Result | LineError]:
+    """One GenerateBatch call for these lines. A line the server refuses (its error names
+    texts[k]) gets that error, and the rest of the chunk is sent again without it."""
+    out: dict[int, Result | LineError] = {}
+    pending = list(chunk)
+    while pending:
+        try:
+            replies = client.batch(task, [texts[i] for i in pending], **options)
+        except InvalidInput as e:
+            item = re.search(r"texts\[(\d+)\]", e.message)
+            if item is None or int(item.group(1)) >= len(pending):
+                e.args = (_name_lines(str(e), pending),)  # texts[3] -> line 36
+                raise
+            bad = pending.pop(int(item.group(1)))
+            out[bad] = LineError(_name_lines(str(e), [bad] * (int(item.group(1)) + 1)))
+            continue
+        except HanseqError as e:
+            e.args = (_name_lines(str(e), pending),)
+            raise
+        out.update(zip(pending, replies, strict=True))
+        break
+    return out
 
 
 def _name_lines(message: str, chunk: list[int]) -> str:
