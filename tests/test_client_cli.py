@@ -246,3 +246,20 @@ def test_a_bad_stdin_line_gets_its_error_and_the_others_their_answers(target, cl
     assert "line 2: is 2001 characters; the limit is 2000" in err
     assert "line 3: not valid UTF-8 (byte 1)" in err
     assert "2 input line(s) got no result" in err
+
+
+def test_stream_reload_and_n_best_commands(target, client):
+    streamed = cli("stream", "respond", TEXTS[2], "--sample", "--seed", "5", target=target)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == client.respond(TEXTS[2], sample=True, seed=5).text + "\n"
+    reloaded = cli("reload", target=target)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert [line.split("\t")[0] for line in reloaded.stdout.splitlines()] == [
+        "translate",
+        "respond",
+        "summarize",
+    ]
+    best = cli("translate", "--beam", "3", "--n-best", "3", TEXTS[3], target=target)
+    result = client.translate(TEXTS[3], beam_size=3, n_best=3)
+    expected = [result.text, *(a.text for a in result.alternatives)]
+    assert best.returncode == 0 and best.stdout == "\t".join(expected) + "\n" and len(expected) == 3

@@ -32,7 +32,10 @@ examples:
   printf '안녕하세요\\n감사합니다\\n' | hanseq-client translate --beam 4 --json
   hanseq-client respond --user '안녕' --service '안녕하세요!' '오늘 뭐 해?'
   hanseq-client translate '사과 바다' --plot-attention attention.png
+  hanseq-client translate --beam 4 --n-best 3 '새 문서를 만듭니다.'
+  hanseq-client stream respond '주말에 뭐 할까?'
   hanseq-client --target dns:///hanseq.ml.svc.cluster.local:50051 models
+  hanseq-client reload
 
 exit status: 0 done; 1 the call failed (unreachable, overloaded, deadline, server error);
 2 the input or the command line is invalid.
@@ -97,9 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("task", metavar="TASK", help="a task the server serves (see `models`)")
     _task_flags(sub)
     sub.set_defaults(run=run_task)
+    sub = commands.add_parser(
+        "stream", parents=[connection], help="print a task's output as it is decoded"
+    )
+    sub.add_argument("task", metavar="TASK", help="a task the server serves (see `models`)")
+    sub.add_argument("text", metavar="TEXT", help="the input")
+    _decoding_flags(sub)
+    sub.set_defaults(run=run_stream)
     sub = commands.add_parser("models", parents=[connection], help="tasks, models and limits")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(run=run_models)
+    sub = commands.add_parser(
+        "reload", parents=[connection], help="load the server's bundles again (admin)"
+    )
+    sub.set_defaults(run=run_reload)
     return parser
 
 
@@ -197,9 +211,15 @@ def _task_flags(parser: argparse.ArgumentParser) -> None:
         default=4,
         help="calls in flight at once for stdin input (default 4)",
     )
+    _decoding_flags(parser)
+
+
+def _decoding_flags(parser: argparse.ArgumentParser) -> None:
     dec = parser.add_argument_group("decoding (left out: the server's default)")
     dec.add_argument("--beam", dest="beam_size", type=int, help="beam size; 1 = greedy")
-    dec.add_argument("--n-best", type=int, help="alternatives returned (<= beam)")
+    dec.add_argument(
+        "--n-best", type=int, help="hypotheses returned (<= beam; text output: tab-separated)"
+    )
     dec.add_argument("--max-length", type=int, help="output tokens at most")
     dec.add_argument("--min-length", type=int, help="output tokens at least")
     dec.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
@@ -401,8 +421,24 @@ def _print(result: Result | None, as_json: bool) -> None:
     if as_json:
         print(json.dumps(None if result is None else result.to_dict(), ensure_ascii=False))
     else:
-        print("" if result is None else result.text)
+        texts = [] if result is None else [result.text, *(a.text for a in result.alternatives)]
+        print("\t".join(texts))  # with --n-best: the hypotheses, best first, tab-separated
     sys.stdout.flush()
+
+
+def run_stream(client: Client, args: argparse.Namespace) -> int:
+    """The new text of each update as it comes, then a newline."""
+    for update in client.stream(args.task, args.text, **_options(args)):
+        print(update.delta, end="", flush=True)
+    print()
+    return 0
+
+
+def run_reload(client: Client, args: argparse.Namespace) -> int:
+    """The server loads its bundles again and switches; prints what serves now."""
+    for t in client.reload():
+        print(f"{t.task}\t{t.model_id}\t{t.model_version}")
+    return 0
 
 
 def run_models(client: Client, args: argparse.Namespace) -> int:
