@@ -234,8 +234,9 @@ class HanseqServer:
 
 @pytest.fixture(scope="session")
 def hanseq_server(service_bundle_path):
-    """One real server for the client tests (translate / respond / summarize on toy data)."""
-    server = HanseqServer(service_bundle_path)
+    """One real server for the client tests (translate / respond / summarize on toy data);
+    without tokens, so its admin RPC (reload) is allowed explicitly."""
+    server = HanseqServer(service_bundle_path, admin_without_auth="true")
     server.start()
     yield server
     server.stop()

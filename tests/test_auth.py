@@ -21,6 +21,7 @@ from tests.conftest import make_certificates, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 ALICE, BOB = "alice-0123456789abcdef", "bob-0123456789abcdef"
+ADMIN_TOKEN = "root-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def certificates(tmp_path_factory):
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("auth") / "tokens"
-    path.write_text(f"# one token per line\n{ALICE}\n\n  {BOB}  \n")
+    path.write_text(f"# one token per line\n{ALICE}\n\n  {BOB}  \nadmin:{ADMIN_TOKEN}\n")
     return path
 
 
@@ -94,8 +95,11 @@ async def test_tokens_come_from_the_file_and_the_env(token_file):
     s = load_settings(
         {"auth_tokens_file": str(token_file)}, env={"HANSEQ_AUTH_TOKENS": "carol-0123456789abcdef"}
     )
-    assert set(load_tokens(s)) == {t.encode() for t in (ALICE, BOB, "carol-0123456789abcdef")}
-    assert load_tokens(load_settings({}, env={})) == ()  # none: no authentication
+    assert set(load_tokens(s).callers) == {
+        t.encode() for t in (ALICE, BOB, "carol-0123456789abcdef", ADMIN_TOKEN)
+    }
+    assert load_tokens(s).admins == (ADMIN_TOKEN.encode(),)  # written admin:TOKEN
+    assert not load_tokens(load_settings({}, env={}))  # none: no authentication
     with pytest.raises(ConfigurationError, match="at least 16 characters"):
         load_tokens(load_settings({"auth_tokens": "short"}, env={}))
     assert token_ok((b"x" * 16,), b"x" * 16) and not token_ok((b"x" * 16,), None)
@@ -138,3 +142,35 @@ async def test_tls_settings_are_checked(certificates):
         load_settings(
             {"tls_cert_file": "/nonexistent.pem", "tls_key_file": "/nonexistent.key"}, env={}
         )
+
+
+async def test_reload_needs_an_admin_token(guarded):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded.port}") as channel:
+        stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ReloadModels(pb.ReloadModelsRequest(), metadata=bearer(ALICE))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "needs a token marked admin:" in caught.value.details()
+        reply = await stub.ReloadModels(pb.ReloadModelsRequest(), metadata=bearer(ADMIN_TOKEN))
+        assert [t.task for t in reply.tasks] == ["translate", "respond", "summarize"]
+        request = pb.TranslateRequest(text="사과 바다")  # an admin token is a caller's too
+        assert (await stub.Translate(request, metadata=bearer(ADMIN_TOKEN))).text
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_without_tokens_admin_rpcs_are_off_unless_enabled(service_bundle_path, allowed):
+    settings = settings_for(service_bundle_path, admin_without_auth=allowed)
+    app = await create_app(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+            assert (await stub.Translate(pb.TranslateRequest(text="사과"))).text  # open
+            if allowed:
+                assert (await stub.ReloadModels(pb.ReloadModelsRequest())).tasks
+                return
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ReloadModels(pb.ReloadModelsRequest())
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "HANSEQ_ADMIN_WITHOUT_AUTH=true" in caught.value.details()
+    finally:
+        await app.stop()

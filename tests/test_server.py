@@ -33,7 +33,7 @@ CODE = grpc.StatusCode
 async def served(service_bundle_path, tmp_path_factory):
     """A copy of the bundle (so reload tests may edit its version) behind a running server."""
     models = shutil.copytree(service_bundle_path, tmp_path_factory.mktemp("models") / "b")
-    app = await create_app(settings_for(models))
+    app = await create_app(settings_for(models, admin_without_auth=True))  # reload tests
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     yield app, hanseq_pb2_grpc.Seq2SeqStub(channel), channel, models
     await channel.close()
@@ -465,7 +465,7 @@ async def test_a_reload_of_a_damaged_bundle_is_refused_and_the_old_one_serves(
     service_bundle_path, tmp_path
 ):
     models = shutil.copytree(service_bundle_path, tmp_path / "b")
-    app = await create_app(settings_for(models))
+    app = await create_app(settings_for(models, admin_without_auth=True))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
     try:

@@ -1,45 +1,65 @@
-"""Who may call: bearer tokens (``authorization: Bearer <token>``) and TLS.
+"""Who may call, and what: bearer tokens (``authorization: Bearer <token>``), roles and TLS.
 
 With tokens configured, every call needs one of them, except the health service, which
-probes (kubelet, load balancers) must reach without secrets. Tokens are compared in constant
-time, and every configured token is compared, so timing tells nothing about which one nearly
-matched. A refused call gets UNAUTHENTICATED and reaches nothing behind this interceptor.
+probes (kubelet, load balancers) must reach without secrets; admin RPCs (ReloadModels) need a
+token marked ``admin:`` (PERMISSION_DENIED otherwise). With no tokens, admin RPCs are refused
+unless ``admin_without_auth`` is set: any pod that can reach the port could otherwise reload.
+Tokens are compared in constant time, and every configured token is compared, so timing tells
+nothing about which one nearly matched. A refused call gets UNAUTHENTICATED (or
+PERMISSION_DENIED) and reaches nothing behind this interceptor.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from hanseq.engine.config import ConfigurationError
-from hanseq.service.errors import ServiceError
+from hanseq.service.errors import PermissionDenied, ServiceError
+from hanseq.service.servicer import SERVICE
 from hanseq.service.settings import Settings, env_name
 
 OPEN_PREFIX = "/grpc.health.v1.Health/"
 HANSEQ_PREFIX = "/hanseq.v1."
+ADMIN_METHODS = frozenset({f"/{SERVICE}/ReloadModels"})
+ADMIN = "admin:"  # a token written admin:TOKEN may also call the admin RPCs
 
 
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
-def load_tokens(s: Settings) -> tuple[bytes, ...]:
+@dataclass(frozen=True)
+class Tokens:
+    """The configured tokens: every one may call; ``admins`` may also call admin RPCs."""
+
+    callers: tuple[bytes, ...] = ()
+    admins: tuple[bytes, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.callers)
+
+
+def load_tokens(s: Settings) -> Tokens:
     """The tokens from ``auth_tokens_file`` and ``auth_tokens``; none = no authentication."""
     tokens = [t.strip() for t in s.auth_tokens.split(",")]
     if s.auth_tokens_file:
         lines = Path(s.auth_tokens_file).read_text(encoding="utf-8").splitlines()
         tokens += [line.strip() for line in lines if not line.lstrip().startswith("#")]
     tokens = [t for t in tokens if t]
-    short = [t for t in tokens if len(t) < 16]
+    plain = [t.removeprefix(ADMIN).strip() for t in tokens]
+    short = [t for t in plain if len(t) < 16]
     if short:
         raise ConfigurationError(
             f"auth tokens ({env_name('auth_tokens_file')}, {env_name('auth_tokens')}) must be "
             f"at least 16 characters; {len(short)} is shorter"
         )
-    return tuple(t.encode() for t in tokens)
+    admins = [p for t, p in zip(tokens, plain, strict=True) if t.startswith(ADMIN)]
+    return Tokens(tuple(t.encode() for t in plain), tuple(t.encode() for t in admins))
 
 
 def presented(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
@@ -57,11 +77,12 @@ def token_ok(tokens: tuple[bytes, ...], token: bytes | None) -> bool:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Placed inside the error interceptor, so a refusal is counted and logged like any status."""
+    """Placed inside the error interceptor, so a refusal is counted and logged like any status.
+    Installed always: without tokens it still guards the admin RPCs."""
 
-    def __init__(self, tokens: tuple[bytes, ...]):
-        self.tokens = tokens
-        self._refusing: dict[str, grpc.RpcMethodHandler] = {}  # one per method
+    def __init__(self, tokens: Tokens, admin_without_auth: bool = False):
+        self.tokens, self.admin_without_auth = tokens, admin_without_auth
+        self._refusing: dict[tuple[str, str], grpc.RpcMethodHandler] = {}  # (method, why)
 
     async def intercept_service(
         self,
@@ -71,19 +92,43 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIX):
             return handler
-        if token_ok(self.tokens, presented(details.invocation_metadata)):
-            return handler
-        refusing = self._refusing.get(details.method)
+        token = presented(details.invocation_metadata)
+        if self.tokens and not token_ok(self.tokens.callers, token):
+            return self._refuse(handler, details.method, "unauthenticated")
+        if details.method in ADMIN_METHODS and not self._admin(token):
+            return self._refuse(handler, details.method, "not admin")
+        return handler
+
+    def _admin(self, token: bytes | None) -> bool:
+        if self.tokens:
+            return token_ok(self.tokens.admins, token)
+        return self.admin_without_auth
+
+    def _refuse(
+        self, handler: grpc.RpcMethodHandler, method: str, why: str
+    ) -> grpc.RpcMethodHandler:
+        refusing = self._refusing.get((method, why))
         if refusing is None:
-            hanseq = details.method.startswith(HANSEQ_PREFIX)
-            refusing = self._refusing[details.method] = _refusing(handler, hanseq)
+            if why == "unauthenticated":
+                error: ServiceError = Unauthenticated(MESSAGE)
+            else:
+                error = PermissionDenied(ADMIN_ONLY if self.tokens else ADMIN_OFF)
+            hanseq = method.startswith(HANSEQ_PREFIX)
+            refusing = self._refusing[(method, why)] = _refusing(handler, hanseq, error)
         return refusing
 
 
 MESSAGE = "missing or invalid bearer token (metadata authorization: Bearer <token>)"
+ADMIN_ONLY = "an admin RPC: it needs a token marked admin: in the server's tokens"
+ADMIN_OFF = (
+    "admin RPCs are off on a server without tokens: configure an admin:TOKEN "
+    "(HANSEQ_AUTH_TOKENS_FILE), or set HANSEQ_ADMIN_WITHOUT_AUTH=true on a trusted network"
+)
 
 
-def _refusing(handler: grpc.RpcMethodHandler, hanseq: bool) -> grpc.RpcMethodHandler:
+def _refusing(
+    handler: grpc.RpcMethodHandler, hanseq: bool, error: ServiceError
+) -> grpc.RpcMethodHandler:
     """A handler of the same shape that refuses. hanseq's own methods raise (the error
     interceptor outside turns it into the status and counts it); others, e.g. reflection,
     have no such interceptor and abort themselves."""
@@ -91,8 +136,8 @@ def _refusing(handler: grpc.RpcMethodHandler, hanseq: bool) -> grpc.RpcMethodHan
     # request: unused; a message, or for client-streaming methods an iterator of them
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
         if hanseq:
-            raise Unauthenticated(MESSAGE)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+            raise error
+        await context.abort(error.code, error.message)
 
     async def refuse_stream(
         request: object, context: grpc.aio.ServicerContext

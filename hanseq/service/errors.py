@@ -58,6 +58,12 @@ class Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
 
 
+class PermissionDenied(ServiceError):
+    """The caller is known but may not do this (an admin RPC without an admin token)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(ServiceError):
     """The server cannot do this as things stand (a reload whose bundles do not load)."""
 

@@ -124,9 +124,7 @@ def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool) -> list:
         s.caller_rate_per_s, s.caller_burst, s.caller_concurrency, s.retry_after_ms
     )
     interceptors: list = [ErrorInterceptor(metrics, served=lambda: pool.tasks, limits=limits)]
-    tokens = load_tokens(s)
-    if tokens:
-        interceptors.append(AuthInterceptor(tokens))
+    interceptors.append(AuthInterceptor(load_tokens(s), s.admin_without_auth))
     return interceptors
 
 

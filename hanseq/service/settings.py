@@ -82,9 +82,16 @@ class Settings:
     cache_breaker_s: float = _f(5.0, "after a Redis failure, how long to skip it")
     metrics_port: int = _f(9464, "Prometheus /metrics port (0 = any free port, -1 = off)")
     auth_tokens_file: str = _f(
-        "", "file of bearer tokens, one per line (# comments); set: every call needs one"
+        "",
+        "file of bearer tokens, one per line (# comments; admin:TOKEN for one that may also "
+        "call admin RPCs); set: every call needs one",
     )
-    auth_tokens: str = _f("", "bearer tokens, comma-separated (prefer auth_tokens_file)")
+    auth_tokens: str = _f(
+        "", "bearer tokens, comma-separated (prefer auth_tokens_file); admin:TOKEN may also reload"
+    )
+    admin_without_auth: bool = _f(
+        False, "with no tokens configured, allow admin RPCs (ReloadModels) anyway: trusted nets"
+    )
     tls_cert_file: str = _f("", "PEM certificate chain: serve TLS (with tls_key_file)")
     tls_key_file: str = _f("", "PEM private key of tls_cert_file")
     tls_client_ca_file: str = _f("", "PEM roots: require client certificates (mutual TLS)")
