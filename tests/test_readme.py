@@ -98,3 +98,31 @@ def test_client_example_runs(command, hanseq_server):
     run = run_client_example(command, hanseq_server.target, REPO)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()
+
+
+def answer_rows() -> list[tuple[str, str, str]]:
+    """README's "What it answers" table: (task, input, output) of the shipped bundle."""
+    section = README.split("## What it answers", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (.*?) \|$", section, flags=re.M)
+    return [(task, source.strip(), output.strip()) for task, source, output in rows]
+
+
+def test_readme_shows_everyday_sentences_for_every_task():
+    rows = answer_rows()
+    assert {task for task, _, _ in rows} == {"translate", "respond", "summarize"}
+    assert len(rows) >= 8
+
+
+def test_readme_answers_are_what_the_shipped_defaults_give():
+    """Each output in the table is what `hanseq generate` prints for it with no flags: the
+    shipped bundle, its per-task default decoding, its shortlist."""
+    from hanseq.engine.bundle import load_bundle
+    from hanseq.engine.options import SearchOptions
+    from hanseq.engine.pipeline import Pipeline
+
+    bundle = load_bundle(REPO / "models" / "hanseq-multitask")
+    pipeline = Pipeline.from_bundle(bundle)
+    max_length = bundle.manifest.get("max_target_length", 100)
+    for task, source, output in answer_rows():
+        opts = SearchOptions(max_length=max_length, **bundle.decoding(task))
+        assert pipeline.generate(task, [source], opts)[0].text == output, (task, source)
