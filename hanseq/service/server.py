@@ -177,6 +177,12 @@ def _channel_options(s: Settings) -> list[tuple[str, int]]:
         ]
     return aged + [
         ("grpc.so_reuseport", 0),  # a port in use is an error, not shared (see _listen)
+        # The Python server takes calls from gRPC core one at a time; in a burst the rest wait
+        # in core, which past 1,000 of them cancels calls at random (RED up to 3,000) before
+        # hanseq sees them: CANCELLED, which clients do not retry. Held here instead, every
+        # call reaches the limits and is answered (served, or RESOURCE_EXHAUSTED + pushback).
+        ("grpc.server.max_pending_requests", s.max_pending_rpcs),
+        ("grpc.server.max_pending_requests_hard_limit", s.max_pending_rpcs),
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),

@@ -48,6 +48,11 @@ class Settings:
         20.0, "longest a request waits for companions to join a worker already decoding"
     )
     max_queue_size: int = _f(1024, "queued requests per task before RESOURCE_EXHAUSTED")
+    max_pending_rpcs: int = _f(
+        100_000,
+        "calls gRPC may hold before hanseq reads them (a burst); past it gRPC cancels calls "
+        "unseen (CANCELLED), so keep it above any burst: each costs a few KB",
+    )
     retry_after_ms: int = _f(
         500, "with RESOURCE_EXHAUSTED, how long the caller is told to wait (gRPC retry pushback)"
     )
@@ -177,6 +182,7 @@ def validate(s: Settings) -> None:
     positive = [
         "max_batch_size",
         "max_queue_size",
+        "max_pending_rpcs",
         "retry_after_ms",
         "max_input_chars",
         "max_input_tokens",
