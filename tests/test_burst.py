@@ -42,9 +42,11 @@ async def _burst(target: str, calls: int, connections: int) -> collections.Count
             codes["OK"] += 1
         except grpc.aio.AioRpcError as e:
             codes[e.code().name] += 1
-            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                if "grpc-retry-pushback-ms" not in dict(e.trailing_metadata() or ()):
-                    codes["no pushback"] += 1
+            trailers = dict(e.trailing_metadata() or ())
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+                "grpc-retry-pushback-ms" not in trailers
+            ):
+                codes["no pushback"] += 1
 
     try:
         await asyncio.gather(*(one(i) for i in range(calls)))
@@ -58,7 +60,7 @@ def _requests_counted(metrics_port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
         text = r.read().decode()
     return sum(
-        int(float(v)) for v in re.findall(r'^hanseq_requests_total\{[^}]*\} (\S+)$', text, re.M)
+        int(float(v)) for v in re.findall(r"^hanseq_requests_total\{[^}]*\} (\S+)$", text, re.M)
     )
 
 

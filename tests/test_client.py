@@ -98,6 +98,17 @@ def test_sync_batch_keeps_order(client, offline):
     assert client.batch("translate", []) == []
 
 
+def test_batch_items_give_each_input_its_result_or_its_error(client, offline):
+    texts = [TEXTS[0], " ", TEXTS[1]]
+    first, blank, last = client.batch_items("translate", texts)
+    expected = offline.generate("translate", [TEXTS[0], TEXTS[1]])
+    assert isinstance(first, hanseq_client.Result) and first.text == expected[0].text
+    assert isinstance(last, hanseq_client.Result) and last.text == expected[1].text
+    assert isinstance(blank, E.InvalidInput) and blank.message == "texts[1]: must not be empty"
+    with pytest.raises(E.InvalidInput, match=r"texts\[1\]: must not be empty"):
+        client.batch("translate", texts)  # batch() raises the first failed input's error
+
+
 def test_sync_stream_grows_to_the_final_result(client, offline):
     updates = list(client.stream("respond", TEXTS[2], sample=True, seed=5, top_k=4))
     assert updates[-1].final and not any(u.final for u in updates[:-1])
@@ -154,6 +165,9 @@ async def test_async_methods_match_the_sync_ones(hanseq_server, client):
         ]
         batch = await aclient.batch("respond", TEXTS[:5])
         assert [r.text for r in batch] == [r.text for r in client.batch("respond", TEXTS[:5])]
+        items = await aclient.batch_items("respond", [TEXTS[0], ""])
+        assert isinstance(items[0], hanseq_client.Result) and items[0].text == batch[0].text
+        assert isinstance(items[1], E.InvalidInput)
         updates = [u async for u in aclient.stream("translate", text, no_cache=True)]
         assert updates[-1].final and updates[-1].result.text == results[0].text
         assert [t.task for t in (await aclient.models()).tasks] == [

@@ -221,11 +221,6 @@ BAD = [
         "texts: 257 items; the limit is 256",
     ),
     (
-        "GenerateBatch",
-        pb.GenerateBatchRequest(task="translate", texts=["x", ""]),
-        "texts[1]: must not be empty",
-    ),
-    (
         "Respond",
         pb.RespondRequest(message="x", history=[pb.Turn(text="")]),
         "history[0].text: must not be empty",
@@ -411,6 +406,51 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
         await app.stop()
 
 
+async def test_batch_items_fail_alone_and_the_call_only_for_itself(served, offline):
+    app, stub, _, _ = served
+    limit = app.settings.max_input_chars
+    texts = [TEXTS[0], "", TEXTS[1], "가" * (limit + 1), TEXTS[2]]
+    reply = await stub.GenerateBatch(pb.GenerateBatchRequest(task="translate", texts=texts))
+    assert [i.WhichOneof("outcome") for i in reply.items] == [
+        "result", "error", "result", "error", "result",
+    ]  # fmt: skip
+    expected = offline.generate("translate", [TEXTS[0], TEXTS[1], TEXTS[2]])
+    assert [reply.items[i].result.text for i in (0, 2, 4)] == [g.text for g in expected]
+    empty, long = reply.items[1].error, reply.items[3].error
+    assert (empty.code, empty.code_name) == (CODE.INVALID_ARGUMENT.value[0], "INVALID_ARGUMENT")
+    assert empty.message == "texts[1]: must not be empty"
+    assert long.message == f"texts[3]: is {limit + 1} characters; the limit is {limit}"
+    assert not reply.results  # the old field: filled only when every item succeeded
+    whole = await stub.GenerateBatch(pb.GenerateBatchRequest(task="translate", texts=TEXTS[:3]))
+    assert [r.text for r in whole.results] == [i.result.text for i in whole.items]
+    # What concerns the call whole still fails it.
+    code, _ = await code_of(
+        stub.GenerateBatch(
+            pb.GenerateBatchRequest(task="translate", texts=["x"], options=_opts(beam_size=99))
+        )
+    )
+    assert code == CODE.INVALID_ARGUMENT
+
+
+async def test_a_queue_that_fills_part_way_refuses_only_the_items_past_it(service_bundle_path):
+    app = await create_app(settings_for(service_bundle_path, max_queue_size=4, max_batch_size=2))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+    try:
+        slow = _opts(min_length=60, max_length=64, no_cache=True)
+        batch = pb.GenerateBatchRequest(task="translate", texts=TEXTS[:20], options=slow)
+        items = (await stub.GenerateBatch(batch)).items
+        outcomes = [i.error.code_name if i.HasField("error") else "OK" for i in items]
+        assert len(items) == 20 and set(outcomes) == {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+        refused = next(i.error for i in items if i.HasField("error"))
+        assert refused.retry_after_ms == 500 and "queue is full" in refused.message
+        counted = app.metrics.batch_items.labels("translate", "RESOURCE_EXHAUSTED")._value.get()
+        assert counted == outcomes.count("RESOURCE_EXHAUSTED")
+    finally:
+        await channel.close()
+        await app.stop()
+
+
 async def test_inputs_over_max_input_tokens_are_refused_by_name(service_bundle_path):
     app = await create_app(settings_for(service_bundle_path, max_input_tokens=3))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
@@ -422,13 +462,15 @@ async def test_inputs_over_max_input_tokens_are_refused_by_name(service_bundle_p
             (stub.Translate(pb.TranslateRequest(text=long)), "text"),
             (stub.Translate(pb.TranslateRequest(text=long, options=_opts(beam_size=3))), "text"),
             (stub.Respond(pb.RespondRequest(message=long)), "message"),
-            (stub.GenerateBatch(pb.GenerateBatchRequest(task="summarize", texts=[short, long])),
-             "texts[1]"),
-        ]:  # fmt: skip
+        ]:
             assert await code_of(call) == (
                 CODE.INVALID_ARGUMENT,
                 f"{named}: is 4 tokens; the limit is 3",
             )
+        batch = pb.GenerateBatchRequest(task="summarize", texts=[short, long])
+        first, second = (await stub.GenerateBatch(batch)).items  # each input answered alone
+        assert first.result.text and second.error.code_name == "INVALID_ARGUMENT"
+        assert second.error.message == "texts[1]: is 4 tokens; the limit is 3"
         stream = stub.GenerateStream(pb.GenerateRequest(task="translate", text=long))
         assert await code_of(_drain(stream)) == (
             CODE.INVALID_ARGUMENT,

@@ -6,7 +6,13 @@ that escapes a handler is a bug: logged with its traceback, answered INTERNAL wi
 
 from __future__ import annotations
 
+import contextvars
+
 import grpc
+
+# The id of the request being handled (set by the error interceptor), for the log and for the
+# message of an INTERNAL error.
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 class ServiceError(Exception):
@@ -74,3 +80,9 @@ class Unimplemented(ServiceError):
     """A task the loaded bundles do not have, asked for by its own RPC (Summarize, ...)."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(ServiceError):
+    """A bug on our side, told to the caller as such (the message carries the request id)."""
+
+    code = grpc.StatusCode.INTERNAL

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import time
@@ -19,13 +18,12 @@ import grpc
 from google.protobuf.message import Message
 
 from hanseq.service.auth import presented
-from hanseq.service.errors import InvalidArgument, ServiceError
+from hanseq.service.errors import InvalidArgument, ServiceError, request_id
 from hanseq.service.limits import CallerLimits, caller_of
 from hanseq.service.metrics import Metrics
 from hanseq.service.servicer import SERVICE, TASK_OF_METHOD
 
 log = logging.getLogger("hanseq.requests")
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 SERVICE_PREFIX = f"/{SERVICE}/"  # our RPCs; health and reflection pass untouched
 
 # What a handler's behaviour is: a servicer method. Its request is Any because each method takes

@@ -36,6 +36,12 @@ class Metrics:
             ["task", "code"],
             registry=r,
         )
+        self.batch_items = Counter(
+            "hanseq_batch_items",
+            "GenerateBatch inputs answered, by their own status code (the call's is in requests)",
+            ["task", "code"],
+            registry=r,
+        )
         self.latency = Histogram(
             "hanseq_request_duration_seconds",
             "Time to answer a task request, receipt to reply",

@@ -82,7 +82,15 @@ async def create_app(settings: Settings) -> App:
     health = HealthServicer()
     lifecycle = Lifecycle(health, pool)
     cache = build_cache(settings, metrics)
-    servicer = Seq2SeqServicer(settings, pool, batcher, cache, lifecycle, lifecycle.reload)
+    servicer = Seq2SeqServicer(
+        settings,
+        pool,
+        batcher,
+        cache,
+        lifecycle,
+        lifecycle.reload,
+        count_item=lambda task, code: metrics.batch_items.labels(task, code).inc(),
+    )
     hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:

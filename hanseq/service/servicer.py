@@ -20,9 +20,13 @@ from hanseq.service.cache import ResponseCache, cache_key, cacheable
 from hanseq.service.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
+    Overloaded,
+    ServiceError,
     Unavailable,
     Unimplemented,
+    request_id,
 )
 from hanseq.service.pool import WorkerPool
 from hanseq.service.protocol import TaskInfo
@@ -58,9 +62,11 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         cache: ResponseCache,
         lifecycle: Stage,
         reload: Callable[[], Awaitable[None]],
+        count_item: Callable[[str, str], None] = lambda task, code: None,
     ):
         self.settings, self.pool, self.batcher, self.cache = settings, pool, batcher, cache
         self.lifecycle, self.reload = lifecycle, reload
+        self.count_item = count_item  # (task, code) of each GenerateBatch item answered
 
     # ---- the RPCs -------------------------------------------------------------------------
     async def Translate(
@@ -97,16 +103,19 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 "texts",
                 f"{len(texts)} items; the limit is {self.settings.max_batch_items} per call",
             )
-        for i, text in enumerate(texts):
-            self._check_text(text, f"texts[{i}]")
         options = self._options(request.options, task)
+        self._not_ready()  # a server not serving fails the call, not each of its items
         no_cache = request.options.no_cache
         answers = [
-            _as_field(self._answer(task, t, options, no_cache, context), f"texts[{i}]")
+            self._item(task, t, f"texts[{i}]", options, no_cache, context)
             for i, t in enumerate(texts)
         ]
-        results = await self._within(_all(answers), context)
-        return pb.GenerateBatchResponse(results=results)
+        items = await self._within(_all(answers), context)
+        for item in items:
+            self.count_item(task, item.error.code_name if item.HasField("error") else "OK")
+        if all(item.HasField("result") for item in items):
+            return pb.GenerateBatchResponse(results=[i.result for i in items], items=items)
+        return pb.GenerateBatchResponse(items=items)
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -167,6 +176,31 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         options = self._options(options_pb, task)
         answer = self._answer(task, text, options, options_pb.no_cache, context)
         return await self._within(_as_field(answer, field), context)
+
+    async def _item(
+        self,
+        task: str,
+        text: str,
+        field: str,
+        options: SearchOptions,
+        no_cache: bool,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.BatchItem:
+        """One input of a batch: its result, or its own error (the call goes on)."""
+        try:
+            self._check_text(text, field)
+            answer = await _as_field(self._answer(task, text, options, no_cache, context), field)
+            return pb.BatchItem(result=answer)
+        except DeadlineExceeded:
+            raise  # the call's deadline: every item shares it
+        except ServiceError as e:
+            if isinstance(e, Unavailable) and not self.lifecycle.accepting:
+                raise  # draining now: the call's problem, not this item's
+            return pb.BatchItem(error=_item_error(e))
+        except Exception:  # a bug: logged with its traceback, the other items go on
+            rid = request_id.get()
+            log.exception("unhandled error in a GenerateBatch item (request %s)", rid)
+            return pb.BatchItem(error=_item_error(Internal(f"internal error (request id {rid})")))
 
     async def _answer(
         self,
@@ -370,6 +404,13 @@ async def _as_field(awaitable: Awaitable[pb.GenerateResponse], field: str) -> pb
         if e.field != "text" or field == "text":
             raise
         raise InvalidArgument(field, e.problem) from None
+
+
+def _item_error(e: ServiceError) -> pb.ItemError:
+    retry_after = e.retry_after_ms if isinstance(e, Overloaded) else 0
+    return pb.ItemError(
+        code=e.code.value[0], code_name=e.code.name, message=e.message, retry_after_ms=retry_after
+    )
 
 
 async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:

@@ -390,26 +390,18 @@ def _batched(
 def _send_chunk(
     client: Client, task: str, texts: dict[int, str], chunk: list[int], options: dict[str, Any]
 ) -> dict[int, Result | LineError]:
-    """One GenerateBatch call for these lines. A line the server refuses (its error names
-    texts[k]) gets that error, and the rest of the chunk is sent again without it."""
+    """One GenerateBatch call for these lines; a line the server refuses gets its own error
+    (texts[k] renamed to its line), the others their results."""
+    try:
+        items = client.batch_items(task, [texts[i] for i in chunk], **options)
+    except HanseqError as e:  # the call itself failed: every line of it would
+        e.args = (_name_lines(str(e), chunk),)
+        raise
     out: dict[int, Result | LineError] = {}
-    pending = list(chunk)
-    while pending:
-        try:
-            replies = client.batch(task, [texts[i] for i in pending], **options)
-        except InvalidInput as e:
-            item = re.search(r"texts\[(\d+)\]", e.message)
-            if item is None or int(item.group(1)) >= len(pending):
-                e.args = (_name_lines(str(e), pending),)  # texts[3] -> line 36
-                raise
-            bad = pending.pop(int(item.group(1)))
-            out[bad] = LineError(_name_lines(str(e), [bad] * (int(item.group(1)) + 1)))
-            continue
-        except HanseqError as e:
-            e.args = (_name_lines(str(e), pending),)
-            raise
-        out.update(zip(pending, replies, strict=True))
-        break
+    for line, item in zip(chunk, items, strict=True):
+        out[line] = (
+            LineError(_name_lines(str(item), chunk)) if isinstance(item, HanseqError) else item
+        )
     return out
 
 

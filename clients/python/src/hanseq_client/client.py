@@ -11,13 +11,15 @@ import grpc
 from hanseq_client import calls
 from hanseq_client._proto import hanseq_pb2 as pb
 from hanseq_client.base import ClientBase
-from hanseq_client.errors import from_rpc_error
+from hanseq_client.errors import HanseqError, from_rpc_error
 from hanseq_client.inputs import DecodingOptions, Turn
 from hanseq_client.results import (
     ModelInfo,
     Models,
     Result,
     StreamUpdate,
+    first_failure,
+    items_from_pb,
     models_from_pb,
     result_from_pb,
     task_from_pb,
@@ -101,12 +103,29 @@ class Client(ClientBase):
         request_id: str | None = None,
         **options: Unpack[DecodingOptions],
     ) -> list[Result]:
-        """Many texts of one task in one call; results in the order of ``texts``."""
+        """Many texts of one task in one call; results in the order of ``texts``. If an input
+        failed (empty, over a limit, its queue full), its error is raised: the first one's;
+        ``batch_items`` returns every input's result or error instead."""
+        items = self.batch_items(task, texts, timeout=timeout, request_id=request_id, **options)
+        return first_failure(items)
+
+    def batch_items(
+        self,
+        task: str,
+        texts: Iterable[str],
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[DecodingOptions],
+    ) -> list[Result | HanseqError]:
+        """Each input's ``Result``, or its own error (the exception a single call would
+        raise, e.g. ``InvalidInput`` naming ``texts[i]``), in the order of ``texts``. The
+        call itself raises only for what concerns it whole (task, options, auth, deadline)."""
         request = calls.batch(task, texts, options)
         if not request.texts:
             return []
         reply, ms = self._call("GenerateBatch", request, timeout, request_id)
-        return [result_from_pb(r, ms) for r in reply.results]
+        return items_from_pb(reply, ms)
 
     # -- the models --------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import grpc
 
+from hanseq_client._proto import hanseq_pb2 as pb
+
 
 class HanseqError(Exception):
     """Base class. ``code``: the gRPC status name; ``message``: what the server said;
@@ -101,6 +103,16 @@ def from_rpc_error(error: grpc.RpcError) -> HanseqError:
     if kind is Overloaded:
         return Overloaded(details, retry_after=_pushback(trailers), **kw)
     return kind(details, **kw)
+
+
+def from_item_error(error: pb.ItemError) -> HanseqError:
+    """A GenerateBatch input's own error, as the same exception a whole call would raise."""
+    code = getattr(grpc.StatusCode, error.code_name, grpc.StatusCode.UNKNOWN)
+    kind = _BY_CODE.get(code, HanseqError)
+    if kind is Overloaded:
+        retry_after = error.retry_after_ms / 1000 if error.retry_after_ms else None
+        return Overloaded(error.message, retry_after=retry_after, code=code.name)
+    return kind(error.message, code=error.code_name or code.name)
 
 
 def _trailers(error: grpc.RpcError) -> dict[str, str]:

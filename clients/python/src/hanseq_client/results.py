@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hanseq_client._proto import hanseq_pb2 as pb
+from hanseq_client.errors import HanseqError, from_item_error
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,27 @@ class Models:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def items_from_pb(reply: pb.GenerateBatchResponse, total_ms: float) -> list[Result | HanseqError]:
+    """Each input's result or its own error, in input order (a server older than ``items``
+    sends ``results`` alone, and failed the whole call instead)."""
+    if not reply.items:
+        return [result_from_pb(r, total_ms) for r in reply.results]
+    return [
+        result_from_pb(i.result, total_ms) if i.HasField("result") else from_item_error(i.error)
+        for i in reply.items
+    ]
+
+
+def first_failure(items: list[Result | HanseqError]) -> list[Result]:
+    """``batch()``: the results, or the first input's error raised."""
+    results = []
+    for item in items:
+        if isinstance(item, HanseqError):
+            raise item
+        results.append(item)
+    return results
 
 
 def result_from_pb(reply: pb.GenerateResponse, total_ms: float) -> Result:
