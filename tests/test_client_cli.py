@@ -263,3 +263,17 @@ def test_stream_reload_and_n_best_commands(target, client):
     result = client.translate(TEXTS[3], beam_size=3, n_best=3)
     expected = [result.text, *(a.text for a in result.alternatives)]
     assert best.returncode == 0 and best.stdout == "\t".join(expected) + "\n" and len(expected) == 3
+
+
+def test_health_command_says_per_task_and_exits_1_unless_all_serve(target, client):
+    run = cli("health", target=target)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "server\tSERVING", "translate\tSERVING", "respond\tSERVING", "summarize\tSERVING",
+    ]  # fmt: skip
+    some = cli("health", "summarize", "poetry", target=target)
+    assert some.returncode == 1 and some.stdout == "summarize\tSERVING\npoetry\tSERVICE_UNKNOWN\n"
+    assert client.health() == client.health("respond") == "SERVING"
+    nobody = cli("health", target=f"127.0.0.1:{free_port()}")
+    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr
+    assert "Traceback" not in nobody.stderr

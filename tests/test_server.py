@@ -396,6 +396,10 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
         status = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
 
+        async with AsyncClient(f"127.0.0.1:{app.port}") as client:  # what the client sees
+            assert await client.health("translate") == "SERVING"
+            await app.lifecycle.drain()
+            assert await client.health() == await client.health("translate") == "NOT_SERVING"
         await app.stop()  # draining: NOT_SERVING, then nothing is accepted
         code, _ = await code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[0])))
         assert code == CODE.UNAVAILABLE

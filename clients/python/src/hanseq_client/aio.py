@@ -10,10 +10,10 @@ from typing import Any, Unpack
 
 import grpc
 
-from hanseq_client import calls
+from hanseq_client import calls, health
 from hanseq_client._proto import hanseq_pb2 as pb
 from hanseq_client.base import ClientBase
-from hanseq_client.errors import HanseqError, from_rpc_error
+from hanseq_client.errors import HanseqError, InvalidInput, from_rpc_error
 from hanseq_client.inputs import DecodingOptions, Turn
 from hanseq_client.results import (
     ModelInfo,
@@ -129,6 +129,19 @@ class AsyncClient(ClientBase):
     async def models(self, *, timeout: float | None = None) -> Models:
         reply, _ = await self._call("ListModels", pb.ListModelsRequest(), timeout, None)
         return models_from_pb(reply)
+
+    async def health(self, task: str | None = None, *, timeout: float | None = None) -> str:
+        """The server's health, whole (no task) or one task's: "SERVING", "NOT_SERVING"
+        (starting, draining, or no live worker for the task) or "SERVICE_UNKNOWN" (a task
+        the server does not know)."""
+        request = health.Request(service=health.service_name(task))
+        try:
+            reply, _ = await self._call("HealthCheck", request, timeout, None)
+        except InvalidInput as e:
+            if e.code == "NOT_FOUND":  # the health service's answer for an unknown name
+                return "SERVICE_UNKNOWN"
+            raise
+        return health.status_name(reply)
 
     async def reload(self, *, timeout: float | None = None) -> list[ModelInfo]:
         reply, _ = await self._call("ReloadModels", pb.ReloadModelsRequest(), timeout, None)

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf import message_factory
 
+from hanseq_client import health
 from hanseq_client._proto import hanseq_pb2 as pb
 from hanseq_client.channel import SERVICE, method_path
 from hanseq_client.inputs import (
@@ -37,6 +38,7 @@ def stubs(channel: Any) -> dict[str, Any]:
             request_serializer=request.SerializeToString,
             response_deserializer=response.FromString,
         )
+    table["HealthCheck"] = health.stub(channel)
     return table
 
 

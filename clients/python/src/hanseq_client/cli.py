@@ -8,6 +8,7 @@ overloaded, deadline, server error); 2 the input or the command line is invalid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ examples:
   hanseq-client stream respond '주말에 뭐 할까?'
   hanseq-client --target dns:///hanseq.ml.svc.cluster.local:50051 models
   hanseq-client reload
+  hanseq-client health
 
 exit status: 0 done; 1 the call failed (unreachable, overloaded, deadline, server error);
 2 the input or the command line is invalid.
@@ -114,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         "reload", parents=[connection], help="load the server's bundles again (admin)"
     )
     sub.set_defaults(run=run_reload)
+    sub = commands.add_parser(
+        "health",
+        parents=[connection],
+        help="is it serving? the whole server and each task (exit 1 unless all SERVING)",
+    )
+    sub.add_argument(
+        "tasks",
+        metavar="TASK",
+        nargs="*",
+        help="only these tasks (default: the server and every task)",
+    )
+    sub.set_defaults(run=run_health)
     return parser
 
 
@@ -431,6 +445,20 @@ def run_reload(client: Client, args: argparse.Namespace) -> int:
     for t in client.reload():
         print(f"{t.task}\t{t.model_id}\t{t.model_version}")
     return 0
+
+
+def run_health(client: Client, args: argparse.Namespace) -> int:
+    """One line per name: ``server`` (the whole server) and each task, with its status."""
+    names: list[str | None] = list(args.tasks)
+    if not names:
+        names = [None]
+        # Starting or draining, ListModels is refused: health still answers for the server.
+        with contextlib.suppress(HanseqError):
+            names += [t.task for t in client.models().tasks]
+    statuses = [(name or "server", client.health(name)) for name in names]
+    for name, status in statuses:
+        print(f"{name}\t{status}")
+    return 0 if all(status == "SERVING" for _, status in statuses) else 1
 
 
 def run_models(client: Client, args: argparse.Namespace) -> int:

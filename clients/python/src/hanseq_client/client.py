@@ -8,10 +8,10 @@ from typing import Any, Unpack
 
 import grpc
 
-from hanseq_client import calls
+from hanseq_client import calls, health
 from hanseq_client._proto import hanseq_pb2 as pb
 from hanseq_client.base import ClientBase
-from hanseq_client.errors import HanseqError, from_rpc_error
+from hanseq_client.errors import HanseqError, InvalidInput, from_rpc_error
 from hanseq_client.inputs import DecodingOptions, Turn
 from hanseq_client.results import (
     ModelInfo,
@@ -133,6 +133,19 @@ class Client(ClientBase):
         """The tasks served, the bundle and version serving each, and the limits in force."""
         reply, _ = self._call("ListModels", pb.ListModelsRequest(), timeout, None)
         return models_from_pb(reply)
+
+    def health(self, task: str | None = None, *, timeout: float | None = None) -> str:
+        """The server's health, whole (no task) or one task's: "SERVING", "NOT_SERVING"
+        (starting, draining, or no live worker for the task) or "SERVICE_UNKNOWN" (a task
+        the server does not know)."""
+        request = health.Request(service=health.service_name(task))
+        try:
+            reply, _ = self._call("HealthCheck", request, timeout, None)
+        except InvalidInput as e:
+            if e.code == "NOT_FOUND":  # the health service's answer for an unknown name
+                return "SERVICE_UNKNOWN"
+            raise
+        return health.status_name(reply)
 
     def reload(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Ask the server to load its bundles again (admin); returns what serves now."""
