@@ -137,7 +137,7 @@ async def test_a_known_sequence_gives_exactly_these_metrics(start, redis_server)
     assert value(m, "hanseq_cache_errors_total") == 0
     assert value(m, "hanseq_batch_size_count", task="translate") == 2  # decoded twice
     assert value(m, "hanseq_queue_wait_seconds_count", task="translate") == 2
-    assert value(m, "hanseq_compute_seconds_count", device="cpu") == 2
+    assert value(m, "hanseq_compute_seconds_count", device="cpu", task="translate") == 2
     assert value(m, "hanseq_generated_tokens_total", task="translate") >= 2
     grpc_labels = {"grpc_type": "UNARY", "grpc_service": "hanseq.v1.Seq2Seq"}
     assert value(m, "grpc_server_started_total", grpc_method="Translate", **grpc_labels) == 4

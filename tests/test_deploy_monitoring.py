@@ -28,7 +28,7 @@ def exported() -> set[str]:
     metrics.requests.labels("t", "OK").inc()
     for histogram in (metrics.latency, metrics.queue_wait, metrics.batch_size):
         histogram.labels("t").observe(1)
-    metrics.compute.labels("cpu").observe(1)
+    metrics.compute.labels("cpu", "t").observe(1)
     metrics.tokens.labels("t").inc()
     metrics.cache_lookups.labels("local", "hit").inc()
     metrics.cache_errors.inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -14,6 +15,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.exposition import generate_latest
 
 from hanseq.engine.bundle import load_bundle
 from hanseq.engine.options import SearchOptions
@@ -392,6 +394,15 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
         fresh = _opts(no_cache=True)  # decoded by the new worker, not recalled
         ok = await stub.Translate(pb.TranslateRequest(text=TEXTS[0], options=fresh), timeout=120)
         assert ok.text and not ok.cached
+        # The death is counted, the new worker's memory is exported, no _created series.
+        scraped = generate_latest(app.metrics.registry).decode()
+        assert 'hanseq_worker_restarts_total{device="cpu"} 1.0' in scraped
+        rss = re.search(
+            r'hanseq_worker_resident_memory_bytes\{device="cpu",worker="0"\} (\S+)', scraped
+        )
+        assert rss and float(rss.group(1)) > 50e6, scraped  # a worker holds torch and a model
+        assert 'hanseq_compute_seconds_count{device="cpu",task="translate"}' in scraped
+        assert "_created" not in scraped
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert status.status == health_pb2.HealthCheckResponse.SERVING

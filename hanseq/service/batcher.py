@@ -191,7 +191,7 @@ class Batcher:
         if self.metrics is not None:
             m = self.metrics
             m.queue_wait.labels(task).observe(outcome.queue_ms / 1000)
-            m.compute.labels(device).observe(outcome.compute_ms / 1000)
+            m.compute.labels(device, task).observe(outcome.compute_ms / 1000)
             m.batch_size.labels(task).observe(outcome.batch_size)
             m.tokens.labels(task).inc(len(outcome.result.tokens) + 1)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from hanseq.engine import cli as engine_cli
 from hanseq.engine.config import ConfigurationError
+from hanseq.service import logs
 from hanseq.service import settings as settings_module
 
 
@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as e:
         print(f"hanseq serve: error: {e}", file=sys.stderr)
         return engine_cli.EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     from hanseq.service.server import serve
 
     try:

@@ -6,13 +6,7 @@ that escapes a handler is a bug: logged with its traceback, answered INTERNAL wi
 
 from __future__ import annotations
 
-import contextvars
-
 import grpc
-
-# The id of the request being handled (set by the error interceptor), for the log and for the
-# message of an INTERNAL error.
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 class ServiceError(Exception):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -16,10 +15,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
+from hanseq.service import tracing
 from hanseq.service.auth import presented
-from hanseq.service.errors import InvalidArgument, ServiceError, request_id
+from hanseq.service.errors import InvalidArgument, ServiceError
 from hanseq.service.limits import CallerLimits, caller_of
+from hanseq.service.logs import call_fields, request_id
 from hanseq.service.metrics import Metrics
 from hanseq.service.servicer import SERVICE, TASK_OF_METHOD
 
@@ -49,13 +52,17 @@ class _CallRecord:
         task: str,
         context: grpc.aio.ServicerContext,
         metrics: Metrics | None,
+        span: trace.Span,
     ):
+        self.span = span
         self.method, self.code, self.started = method, grpc.StatusCode.OK, time.perf_counter()
         self.kind, self.task, self.metrics = kind, task, metrics
         if metrics is not None:
             metrics.grpc_started.labels(kind, SERVICE, method).inc()
         self.rid = _incoming_id(context)
         self.token = request_id.set(self.rid)
+        self.fields: dict[str, Any] = {}  # what the handler notes (logs.note)
+        self.fields_token = call_fields.set(self.fields)
         context.set_trailing_metadata((("x-request-id", self.rid),))
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
@@ -77,6 +84,7 @@ class _CallRecord:
     def close(self) -> None:
         seconds = time.perf_counter() - self.started
         request_id.reset(self.token)
+        call_fields.reset(self.fields_token)
         if self.metrics is not None:
             m, labels = self.metrics, (self.kind, SERVICE, self.method)
             m.grpc_handled.labels(*labels, self.code.name).inc()
@@ -84,18 +92,30 @@ class _CallRecord:
             if self.task:
                 m.requests.labels(self.task, self.code.name).inc()
                 m.latency.labels(self.task).observe(seconds)
+        self._end_span()
         if not log.isEnabledFor(logging.INFO):
             return
-        log.info(
-            json.dumps(
-                {
-                    "request_id": self.rid,
-                    "method": self.method,
-                    "code": self.code.name,
-                    "ms": round(1000 * seconds, 2),
-                }
-            )
+        fields = {
+            "request_id": self.rid,
+            "method": self.method,
+            "task": self.task,
+            "code": self.code.name,
+            "ms": round(1000 * seconds, 2),
+            **self.fields,
+        }
+        log.info("%s %s", self.method, self.code.name, extra={"fields": fields})
+
+    def _end_span(self) -> None:
+        self.span.set_attributes(
+            {
+                "hanseq.request_id": self.rid,
+                "hanseq.task": self.task,
+                "rpc.grpc.status_code": self.code.value[0],
+            }
         )
+        if self.code != grpc.StatusCode.OK:
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, self.code.name))
+        self.span.end()
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -104,8 +124,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         metrics: Metrics | None = None,
         served: Callable[[], Collection[str]] = tuple,
         limits: CallerLimits | None = None,
+        tracer: trace.Tracer | None = None,
     ):
         self.metrics, self.served, self.limits = metrics, served, limits
+        self.tracer = tracer or trace.NoOpTracer()
         self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}  # once each
 
     def admit(
@@ -180,7 +202,15 @@ async def _handled(
     task = TASK_OF_METHOD.get(method) or str(getattr(request, "task", ""))
     if task and task not in interceptor.served():
         task = "unknown"  # a caller's typo must not become a new time series
-    outcome = _CallRecord(method, kind, task, context, interceptor.metrics)
+    span = interceptor.tracer.start_span(
+        f"{SERVICE}/{method}",
+        context=tracing.incoming(context.invocation_metadata()),
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+    )
+    # Current while the handler runs, so its cache, queue and decode spans are children.
+    attached = otel_context.attach(trace.set_span_in_context(span))
+    outcome = _CallRecord(method, kind, task, context, interceptor.metrics, span)
     try:
         if isinstance(request, Undecodable):
             raise InvalidArgument(
@@ -197,6 +227,7 @@ async def _handled(
         await outcome.fail(e, context)
     finally:
         outcome.close()
+        otel_context.detach(attached)
 
 
 def _unary(

@@ -4,23 +4,27 @@ Names follow Prometheus conventions: the ``hanseq_`` prefix, base units (seconds
 ``_total`` on counters. The standard gRPC server metrics (``grpc_server_*``, as the Go and
 Java interceptors name them) come from our own interceptor, since py-grpc-prometheus has no
 asyncio one. Gauges that describe the current state (queue depth, workers, bundles) are read
-at scrape time, so they cannot drift from the truth. Each App has its own registry: several
-servers can live in one process (the tests do that).
+at scrape time, so they cannot drift from the truth, and so are the worker processes'
+memory (their own RSS, and GPU memory where NVML sees them). Each App has its own registry:
+several servers can live in one process (the tests do that). No ``_created`` series: they
+double the series count and no query reads them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+disable_created_metrics()  # process-wide in prometheus_client; hanseq never reads them
 
 # 1 ms to 30 s: a cache hit, a short greedy answer, a long beam search, a stuck queue.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -66,7 +70,7 @@ class Metrics:
         self.compute = Histogram(
             "hanseq_compute_seconds",
             "Decoding time of a request on its worker",
-            ["device"],
+            ["device", "task"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -74,6 +78,12 @@ class Metrics:
             "hanseq_generated_tokens",
             "Output tokens generated (EOS included)",
             ["task"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "hanseq_worker_restarts",
+            "Workers started again after one died",
+            ["device"],
             registry=r,
         )
         self.cache_lookups = Counter(
@@ -103,13 +113,14 @@ class Metrics:
             registry=r,
         )
         ProcessCollector(registry=r)
-        r.register(_GpuCollector())
+        self._gpu = _GpuCollector()
+        r.register(self._gpu)
         self._server: Any = None
         self.port = 0
 
     def watch(self, state: Callable[[], dict[str, Any]]) -> None:
         """Gauges read at scrape time from ``state()`` (see _StateCollector)."""
-        self.registry.register(_StateCollector(state))
+        self.registry.register(_StateCollector(state, self._gpu))
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on its own thread -> the port (``port`` 0 = any free one)."""
@@ -128,10 +139,10 @@ class _StateCollector(Collector):
     """queue depth per task, workers alive/busy, and the bundle serving each task.
 
     ``state()`` -> {"queued": {task: n}, "queue_limit": n, "alive": n, "busy": n,
-    "tasks": {task: info}}."""
+    "tasks": {task: info}, "workers": [{"worker": "0", "device": "cpu", "pid": n}, ...]}."""
 
-    def __init__(self, state: Callable[[], dict[str, Any]]):
-        self.state = state
+    def __init__(self, state: Callable[[], dict[str, Any]], gpu: _GpuCollector):
+        self.state, self.gpu = state, gpu
 
     def collect(self) -> Iterator[Metric]:
         state = self.state()
@@ -154,6 +165,39 @@ class _StateCollector(Collector):
         for task, i in sorted(state["tasks"].items()):
             info.add_metric([task], {"model_id": i.model_id, "version": i.model_version})
         yield info
+        yield from self._workers(state.get("workers", []))
+
+    def _workers(self, workers: list[dict[str, Any]]) -> Iterator[Metric]:
+        """Each worker process's memory: the main process's own metrics do not include it."""
+        labels = ["worker", "device"]
+        rss = GaugeMetricFamily(
+            "hanseq_worker_resident_memory_bytes",
+            "Resident memory of a worker process",
+            labels=labels,
+        )
+        on_gpu = GaugeMetricFamily(
+            "hanseq_worker_gpu_memory_bytes", "GPU memory a worker process holds", labels=labels
+        )
+        gpu_use = self.gpu.memory_by_pid() if any(w["device"] != "cpu" for w in workers) else {}
+        for w in workers:
+            resident = _resident_bytes(w["pid"])
+            if resident is not None:
+                rss.add_metric([w["worker"], w["device"]], resident)
+            if w["pid"] in gpu_use:
+                on_gpu.add_metric([w["worker"], w["device"]], gpu_use[w["pid"]])
+        yield rss
+        if gpu_use:
+            yield on_gpu
+
+
+def _resident_bytes(pid: int) -> float | None:
+    """RSS from /proc (Linux; elsewhere nothing): statm's second field, in pages."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):  # exited meanwhile, or not Linux
+        return None
+    return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 class _GpuCollector(Collector):
@@ -188,6 +232,19 @@ class _GpuCollector(Collector):
             total.add_metric([str(index)], float(memory.total))
             busy.add_metric([str(index)], rates.gpu / 100.0)
         yield from (used, total, busy)
+
+    def memory_by_pid(self) -> dict[int, float]:
+        """GPU memory each process holds, summed over the devices (empty without NVML)."""
+        used: dict[int, float] = {}
+        for handle in self._devices():
+            try:
+                processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except self._nvml.NVMLError as e:
+                log.warning("NVML process list failed: %s", e)
+                continue
+            for p in processes:
+                used[p.pid] = used.get(p.pid, 0.0) + float(p.usedGpuMemory or 0)
+        return used
 
     def _devices(self) -> list[Any]:
         if self._absent:

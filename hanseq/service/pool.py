@@ -26,6 +26,7 @@ class WorkerPool:
     def __init__(self, settings: Settings, on_change: Callable[[], object] = lambda: None):
         self.settings = settings
         self.on_change = on_change
+        self.on_restart: Callable[[str], object] = lambda device: None  # a worker died (device)
         self.generation = 0
         self.workers: list[Worker] = []
         self._room = asyncio.Event()  # set when a worker may have room for more rows
@@ -87,6 +88,7 @@ class WorkerPool:
             self._changed,
             self.settings.max_input_tokens,
             self.settings.shortlist,
+            (self.settings.log_level, self.settings.log_format),
         )
 
     async def acquire(self) -> Worker:
@@ -122,6 +124,7 @@ class WorkerPool:
             return
         self._replacing.add(id(dead))
         log.error("worker on %s (pid %s) died; starting a new one", dead.device, dead.pid)
+        self.on_restart(dead.device)
         self.on_change()
         self._spawn(self._restart(dead))
 

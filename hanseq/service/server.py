@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import Tracer
 
 from hanseq.engine.config import ConfigurationError
 from hanseq.service.auth import AuthInterceptor, load_tokens, server_credentials
@@ -30,6 +32,7 @@ from hanseq.service.metrics import Metrics
 from hanseq.service.pool import WorkerPool
 from hanseq.service.servicer import SERVICE, Seq2SeqServicer
 from hanseq.service.settings import Settings
+from hanseq.service.tracing import Tracing
 from hanseq.v1 import hanseq_pb2_grpc
 
 log = logging.getLogger("hanseq.server")
@@ -46,6 +49,7 @@ class App:
     lifecycle: Lifecycle
     metrics: Metrics
     cache: ResponseCache
+    tracing: Tracing
 
     async def reload(self) -> None:
         await self.lifecycle.reload()
@@ -59,6 +63,7 @@ class App:
         await self.pool.stop()
         await self.cache.close()
         self.metrics.stop()
+        self.tracing.shutdown()
 
     def state(self) -> dict[str, Any]:
         """What the metrics read at each scrape."""
@@ -68,15 +73,24 @@ class App:
             "alive": self.pool.alive_count(),
             "busy": self.pool.busy_count(),
             "tasks": self.pool.tasks,
+            "workers": [
+                {"worker": str(i), "device": w.device, "pid": w.pid}
+                for i, w in enumerate(self.pool.workers)
+                if w.pid is not None
+            ],
         }
 
 
-async def create_app(settings: Settings) -> App:
-    """Listening and answering health checks at once; SERVING when the models are warm."""
+async def create_app(settings: Settings, span_exporter: SpanExporter | None = None) -> App:
+    """Listening and answering health checks at once; SERVING when the models are warm.
+    ``span_exporter``: trace into it (a test's in-memory exporter) instead of OTLP."""
     metrics = Metrics()
+    tracing = Tracing(settings, span_exporter)
     pool = WorkerPool(settings)
+    pool.on_restart = lambda device: metrics.worker_restarts.labels(device).inc()
     server = grpc.aio.server(
-        interceptors=_interceptors(settings, metrics, pool), options=_channel_options(settings)
+        interceptors=_interceptors(settings, metrics, pool, tracing.tracer),
+        options=_channel_options(settings),
     )
     batcher = Batcher(pool, settings, metrics)
     health = HealthServicer()
@@ -90,6 +104,7 @@ async def create_app(settings: Settings) -> App:
         lifecycle,
         lifecycle.reload,
         count_item=lambda task, code: metrics.batch_items.labels(task, code).inc(),
+        tracer=tracing.tracer,
     )
     hanseq_pb2_grpc.add_Seq2SeqServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -103,7 +118,7 @@ async def create_app(settings: Settings) -> App:
             server,
         )
     port = _listen(server, settings)
-    app = App(settings, server, port, pool, batcher, servicer, lifecycle, metrics, cache)
+    app = App(settings, server, port, pool, batcher, servicer, lifecycle, metrics, cache, tracing)
     metrics.watch(app.state)
     if settings.metrics_port >= 0:
         try:
@@ -126,12 +141,14 @@ async def create_app(settings: Settings) -> App:
     return app
 
 
-def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool) -> list:
+def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool, tracer: Tracer) -> list:
     """Errors and limits outermost (so a refusal is a counted status), then tokens."""
     limits = CallerLimits(
         s.caller_rate_per_s, s.caller_burst, s.caller_concurrency, s.retry_after_ms
     )
-    interceptors: list = [ErrorInterceptor(metrics, served=lambda: pool.tasks, limits=limits)]
+    interceptors: list = [
+        ErrorInterceptor(metrics, served=lambda: pool.tasks, limits=limits, tracer=tracer)
+    ]
     interceptors.append(AuthInterceptor(load_tokens(s), s.admin_without_auth))
     return interceptors
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
 from hanseq.engine.dialogue import Turn, source_text
 from hanseq.engine.options import SearchOptions
@@ -26,8 +27,8 @@ from hanseq.service.errors import (
     ServiceError,
     Unavailable,
     Unimplemented,
-    request_id,
 )
+from hanseq.service.logs import note, request_id
 from hanseq.service.pool import WorkerPool
 from hanseq.service.protocol import TaskInfo
 from hanseq.service.settings import Settings
@@ -63,10 +64,12 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         lifecycle: Stage,
         reload: Callable[[], Awaitable[None]],
         count_item: Callable[[str, str], None] = lambda task, code: None,
+        tracer: trace.Tracer | None = None,
     ):
         self.settings, self.pool, self.batcher, self.cache = settings, pool, batcher, cache
         self.lifecycle, self.reload = lifecycle, reload
         self.count_item = count_item  # (task, code) of each GenerateBatch item answered
+        self.tracer = tracer or trace.NoOpTracer()  # children of the RPC's span (tracing.py)
 
     # ---- the RPCs -------------------------------------------------------------------------
     async def Translate(
@@ -111,8 +114,11 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             for i, t in enumerate(texts)
         ]
         items = await self._within(_all(answers), context)
+        failed = 0
         for item in items:
             self.count_item(task, item.error.code_name if item.HasField("error") else "OK")
+            failed += item.HasField("error")
+        note(items=len(items), failed_items=failed)
         if all(item.HasField("result") for item in items):
             return pb.GenerateBatchResponse(results=[i.result for i in items], items=items)
         return pb.GenerateBatchResponse(items=items)
@@ -140,9 +146,10 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         finally:
             if not req.future.done():
                 req.cancel()  # the caller left or its deadline passed: stop decoding it
-        text = outcome.result.text
+        text, response = outcome.result.text, _response(outcome)
+        _note(response)
         yield pb.GenerateStreamResponse(
-            text=text, final=True, result=_response(outcome), delta=_added(sent, text)
+            text=text, final=True, result=response, delta=_added(sent, text)
         )
 
     async def ListModels(
@@ -175,7 +182,9 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         self._check_text(text, field)
         options = self._options(options_pb, task)
         answer = self._answer(task, text, options, options_pb.no_cache, context)
-        return await self._within(_as_field(answer, field), context)
+        response = await self._within(_as_field(answer, field), context)
+        _note(response)
+        return response
 
     async def _item(
         self,
@@ -214,7 +223,9 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         if not cacheable(options, no_cache):
             return _response(await self._decode(task, text, options, context))
         key = cache_key(self.pool.tasks[task], task, text, options)
-        hit = await self.cache.get(key)
+        with self.tracer.start_as_current_span("cache.lookup") as span:
+            hit = await self.cache.get(key)
+            span.set_attribute("hanseq.cache.hit", hit is not None)
         if hit is not None:
             response = _recalled(hit, self.pool.tasks[task])
             if response is not None:
@@ -240,12 +251,31 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     async def _decode(
         self, task: str, text: str, options: SearchOptions, context: grpc.aio.ServicerContext
     ) -> Outcome:
+        submitted = time.time_ns()
         req = self._submit(task, text, options, context)
         try:
-            return await asyncio.shield(req.future)
+            outcome = await asyncio.shield(req.future)
         except asyncio.CancelledError:  # the caller left or its deadline passed
             req.cancel()
             raise
+        self._trace_decode(submitted, time.time_ns(), outcome)
+        return outcome
+
+    def _trace_decode(self, submitted: int, done: int, outcome: Outcome) -> None:
+        """The queue wait and the decode as spans, from the times the worker reported (they
+        happened in other processes; their ends are placed from here, in nanoseconds)."""
+        queued_until = min(done, submitted + int(outcome.queue_ms * 1e6))
+        queue = self.tracer.start_span("queue", start_time=submitted)
+        queue.end(end_time=queued_until)
+        decode = self.tracer.start_span(
+            "decode",
+            start_time=max(queued_until, done - int(outcome.compute_ms * 1e6)),
+            attributes={
+                "hanseq.batch_size": outcome.batch_size,
+                "hanseq.model_version": outcome.task_info.model_version,
+            },
+        )
+        decode.end(end_time=done)
 
     async def _within(self, awaitable: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
         """Await within the caller's deadline."""
@@ -404,6 +434,17 @@ async def _as_field(awaitable: Awaitable[pb.GenerateResponse], field: str) -> pb
         if e.field != "text" or field == "text":
             raise
         raise InvalidArgument(field, e.problem) from None
+
+
+def _note(response: pb.GenerateResponse) -> None:
+    """What the request's log line says beyond its code and time."""
+    note(
+        queue_ms=round(response.queue_ms, 2),
+        compute_ms=round(response.compute_ms, 2),
+        batch_size=response.batch_size,
+        cached=response.cached,
+        truncated=response.truncated,
+    )
 
 
 def _item_error(e: ServiceError) -> pb.ItemError:

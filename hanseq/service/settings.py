@@ -106,6 +106,16 @@ class Settings:
     caller_burst: int = _f(0, "requests a caller may send at once above its rate (0 = 2 s worth)")
     caller_concurrency: int = _f(256, "requests one caller may have in flight (0 = no limit)")
     log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
+    otlp_endpoint: str = _f(
+        "",
+        "OpenTelemetry collector (OTLP/gRPC), e.g. http://otel-collector:4317; empty = no tracing",
+    )
+    trace_sample_ratio: float = _f(
+        1.0, "share of traces recorded (0-1) where the caller's trace context does not decide"
+    )
+    log_format: str = _f(
+        "auto", "text | json (one object per line) | auto: text on a terminal, else json"
+    )
 
     def models_path(self) -> Path:
         """``models`` as given; the shipped models/ when left at the default elsewhere."""
@@ -206,6 +216,14 @@ def validate(s: Settings) -> None:
     if s.caller_rate_per_s < 0 or s.caller_burst < 0 or s.caller_concurrency < 0:
         raise ConfigurationError(
             "caller_rate_per_s, caller_burst and caller_concurrency must be >= 0"
+        )
+    if not 0 <= s.trace_sample_ratio <= 1:
+        raise ConfigurationError(
+            f"trace_sample_ratio ({env_name('trace_sample_ratio')}) must be in 0..1"
+        )
+    if s.log_format not in ("auto", "text", "json"):
+        raise ConfigurationError(
+            f"log_format ({env_name('log_format')}) must be auto, text or json"
         )
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         raise ConfigurationError("tls_cert_file and tls_key_file go together (HANSEQ_TLS_*)")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from hanseq.engine.manifest import find_bundles
 from hanseq.engine.options import Generation
+from hanseq.service import logs
 from hanseq.service.protocol import (
     Answer,
     Cancel,
@@ -54,8 +55,10 @@ def worker_main(
     precision: str,
     max_tokens: int = 0,
     shortlist: bool = True,
+    logging_setup: tuple[str, str] = ("WARNING", "auto"),
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process (a fresh interpreter: it sets up its own logging)."""
+    logs.configure(*logging_setup)
     try:
         runner = Runner(
             device, find_bundles(Path(models)), threads, precision, conn, max_tokens, shortlist

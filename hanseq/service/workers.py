@@ -78,8 +78,10 @@ class Worker:
         on_change: Callable[[Worker], None] = lambda w: None,
         max_tokens: int = 0,
         shortlist: bool = True,
+        logging_setup: tuple[str, str] = ("WARNING", "auto"),
     ):
         self.device, self.models, self.threads = device, models, threads
+        self.logging_setup = logging_setup  # (level, format): the worker logs as the server
         self.precision = precision
         self.max_tokens = max_tokens  # longest input in tokens (0 = the bundle's own cut)
         self.shortlist = shortlist  # use the bundles' vocabulary-shortlist tables
@@ -121,6 +123,7 @@ class Worker:
                 self.precision,
                 self.max_tokens,
                 self.shortlist,
+                self.logging_setup,
             ),
             name=f"hanseq-worker-{self.device}",
             daemon=True,
