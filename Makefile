@@ -39,14 +39,18 @@ system-deps:
 
 # What only the tests need: a real Redis server (the cache tests start their own), a font
 # with Hangul (attention plots), openssl (throwaway TLS certificates) and kubectl (its
-# kustomize renders the Kubernetes overlays; Debian's kubernetes-client where none is found).
+# kustomize renders the Kubernetes overlays; Debian's kubernetes-client where none is found),
+# and promtool (checks and unit-tests the alert rules and dashboard queries; Debian ships it
+# only in the prometheus package).
 test-system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	[ -e /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || missing="$$missing fonts-nanum"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
-	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $$missing; }
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py $(PROTO) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -411,6 +411,8 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
             assert await client.health("translate") == "SERVING"
             await app.lifecycle.drain()
             assert await client.health() == await client.health("translate") == "NOT_SERVING"
+            live = await health.Check(health_pb2.HealthCheckRequest(service="hanseq.liveness"))
+            assert live.status == health_pb2.HealthCheckResponse.SERVING  # no liveness kill
         await app.stop()  # draining: NOT_SERVING, then nothing is accepted
         code, _ = await code_of(stub.Translate(pb.TranslateRequest(text=TEXTS[0])))
         assert code == CODE.UNAVAILABLE

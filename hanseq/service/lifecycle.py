@@ -4,6 +4,10 @@ The server moves it (create_app, App.stop); the servicer reads it (RPCs answer U
 unless it is serving); health follows it: ``""``, the service and every task are SERVING only
 while it serves and a live worker holds the task's bundle, NOT_SERVING otherwise (and for a
 task a reload took away). A reload keeps serving throughout (service/pool.py).
+
+``hanseq.liveness`` is the one name that does not follow it: SERVING from start-up until the
+process stops, whatever the models do, so a liveness probe asks only whether the process still
+answers (its event loop alive) and never kills a pod for loading, draining or reloading.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hanseq.service.servicer import SERVICE
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS = "hanseq.liveness"
 
 
 class Stage(enum.Enum):
@@ -54,6 +59,7 @@ class Lifecycle:
     async def starting(self) -> None:
         for name in health_names([]):
             await self.health.set(name, NOT_SERVING)
+        await self.health.set(LIVENESS, SERVING)
 
     async def serve(self) -> None:
         self.stage = Stage.SERVING
@@ -63,8 +69,9 @@ class Lifecycle:
         self.stage = Stage.DRAINING
         await self.update_health()
 
-    def stopped(self) -> None:
+    async def stopped(self) -> None:
         self.stage = Stage.STOPPED
+        await self.health.set(LIVENESS, NOT_SERVING)
 
     async def reload(self) -> None:
         """Load the bundles again and switch (one reload at a time); health follows."""

@@ -58,7 +58,7 @@ class App:
         """Drain: NOT_SERVING, refuse new calls, finish in-flight ones within the grace period."""
         await self.lifecycle.drain()
         await self.server.stop(self.settings.grace_period_s)
-        self.lifecycle.stopped()
+        await self.lifecycle.stopped()
         await self.batcher.stop()
         await self.pool.stop()
         await self.cache.close()
@@ -136,6 +136,8 @@ async def create_app(settings: Settings, span_exporter: SpanExporter | None = No
     except BaseException:
         await server.stop(0)
         raise
+    for worker in pool.workers:  # at 0 from the start: increase() cannot see a first sample
+        metrics.worker_restarts.labels(worker.device)
     batcher.start()
     await lifecycle.serve()
     return app

@@ -35,7 +35,7 @@ examples:
   hanseq-client translate '사과 바다' --plot-attention attention.png
   hanseq-client translate --beam 4 --n-best 3 '새 문서를 만듭니다.'
   hanseq-client stream respond '주말에 뭐 할까?'
-  hanseq-client --target dns:///hanseq.ml.svc.cluster.local:50051 models
+  hanseq-client --target dns:///hanseq.hanseq.svc.cluster.local:50051 models
   hanseq-client reload
   hanseq-client health
 
