@@ -6,6 +6,7 @@ The structure mirrors ``configs/*.yaml``; each field's comment there says what i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from hanseq.engine.manifest import MANIFEST
 
 
 class ConfigurationError(ValueError):
@@ -108,11 +111,23 @@ class Config:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    # A bundle to start from: its encoder, its tokenizers and its heads (engine/training.py).
+    # Its source side and model shape are inherited (a section given must match them); a task
+    # it has is fine-tuned, a new name is a new head on its encoder.
+    init_from: str = ""
+    freeze_encoder: bool = False  # with init_from: the encoder and the old heads stay exact
     base_dir: str = "."  # where the config file lives; relative paths start there
 
     def corpora_root(self) -> Path:
         root = Path(os.environ.get("HANSEQ_CORPORA") or self.data.root)
         return root if root.is_absolute() else Path(self.base_dir) / root
+
+    def base_bundle(self) -> Path | None:
+        """``init_from`` as a path (relative to the config file), or None."""
+        if not self.init_from:
+            return None
+        path = Path(self.init_from)
+        return path if path.is_absolute() else Path(self.base_dir) / path
 
     def task_metric(self, task: str) -> str:
         return self.tasks[task].metric or ("bleu" if task == "translate" else "rouge_l")
@@ -128,8 +143,61 @@ def load_config(path: str | Path) -> Config:
         raise ConfigurationError(f"{path}: not valid YAML: {e}") from None
     cfg = from_dict(Config, raw, "")
     cfg.base_dir = str(path.resolve().parent)
+    if cfg.init_from:
+        inherit(cfg, raw)
     validate(cfg)
     return cfg
+
+
+def inherit(cfg: Config, raw: dict[str, Any]) -> None:
+    """Take the source side, the model shape and the targets of the tasks it has from the
+    ``init_from`` bundle; a section the config gives must be the bundle's (``raw``: the YAML,
+    to tell a section given from a default)."""
+    base = cfg.base_bundle()
+    assert base is not None
+    manifest = _manifest_of(base)
+    cfg.source = from_dict(TokenizerConfig, manifest["source"]["tokenizer"], "source")
+    _must_match("source", raw.get("source"), cfg.source, "a head on its encoder reads its tokens")
+    cfg.model = from_dict(ModelConfig, manifest["model"], "model")
+    _must_match("model", raw.get("model"), cfg.model, "the encoder's shape is the bundle's")
+    for name, task in cfg.tasks.items():
+        entry = manifest["tasks"].get(name)
+        if entry is None:
+            continue  # a new head
+        if cfg.freeze_encoder:
+            raise ConfigurationError(
+                f"tasks.{name}: init_from's bundle has this task, and freeze_encoder keeps its "
+                "head exactly as it is; give the new head another name, or set "
+                "freeze_encoder: false to fine-tune it"
+            )
+        target = from_dict(TokenizerConfig, entry["tokenizer"], f"tasks.{name}.target")
+        given = raw.get("tasks", {}).get(name, {}).get("target")
+        _must_match(f"tasks.{name}.target", given, target, "fine-tuning keeps the head's")
+        task.target = target
+
+
+def _must_match(where: str, given: Any, inherited: Any, why: str) -> None:
+    """Each key a config section gives must hold the bundle's value (an absent one takes it)."""
+    if not isinstance(given, dict):
+        return  # absent (a type error in it was named when the config was read)
+    for key, value in given.items():
+        if getattr(inherited, key, value) != value:
+            raise ConfigurationError(
+                f"{where}.{key}: {value!r} is not init_from's bundle's {getattr(inherited, key)!r}"
+                f" ({why}); leave it out to take the bundle's"
+            )
+
+
+def _manifest_of(bundle: Path) -> dict[str, Any]:
+    """The bundle's manifest, read without torch; an error naming init_from otherwise."""
+    path = bundle / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["source"]["tokenizer"], manifest["model"], manifest["tasks"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = "no bundle.json" if not path.is_file() else f"unreadable bundle.json ({e})"
+        raise ConfigurationError(f"init_from: {bundle} is not a hanseq bundle: {why}") from None
+    return manifest
 
 
 def from_dict(cls: type, raw: Any, where: str) -> Any:
@@ -205,6 +273,10 @@ def validate(cfg: Config) -> None:
         raise ConfigurationError("model.dropout: must be in [0, 1)")
     if not 0 <= cfg.training.label_smoothing < 1:
         raise ConfigurationError("training.label_smoothing: must be in [0, 1)")
+    if cfg.freeze_encoder and not cfg.init_from:
+        raise ConfigurationError(
+            "freeze_encoder: needs init_from (the bundle whose encoder to keep)"
+        )
     if cfg.training.average_checkpoints > max(cfg.training.keep_checkpoints, 1):
         raise ConfigurationError("training.average_checkpoints: must be <= keep_checkpoints")
 

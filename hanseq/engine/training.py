@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hanseq.engine import distributed as dist_utils
-from hanseq.engine.bundle import Side, save_bundle
+from hanseq.engine.bundle import Bundle, Side, load_bundle, save_bundle
 from hanseq.engine.config import Config, ConfigurationError
 from hanseq.engine.data import (
     BatchStream,
@@ -89,17 +89,29 @@ class Trainer:
             self.out = Path(cfg.base_dir) / self.out
         self.ckpt_dir = self.out / "checkpoints"
         torch.manual_seed(self.t.seed + ctx.rank)
+        base_path = cfg.base_bundle()
+        self.base: Bundle | None = load_bundle(base_path) if base_path else None
         self.source, self.targets, self.tasks = self._prepare_data()
-        sizes = {task: len(side.vocab) for task, side in self.targets.items()}
-        maps = copy_maps(self.source.vocab, {t: s.vocab for t, s in self.targets.items()})
+        # The heads of init_from's bundle this run does not train: carried into the new
+        # bundle as they are (exactly, with freeze_encoder).
+        self.carried: dict[str, Side] = {}
+        if self.base is not None:
+            self.carried = {t: s for t, s in self.base.targets.items() if t not in self.targets}
+        heads = {**self.carried, **self.targets}
+        sizes = {task: len(side.vocab) for task, side in heads.items()}
+        maps = copy_maps(self.source.vocab, {t: s.vocab for t, s in heads.items()})
         self.model: Seq2Seq = build_model(cfg.model, len(self.source.vocab), sizes, maps)
+        self.frozen: dict[str, torch.Tensor] = {}
+        if self.base is not None:
+            self._start_from_base(self.base)
         self.model.to(ctx.device)
         self.net: torch.nn.Module = self.model
         if ctx.distributed:  # with several heads, the others are idle in a step
             self.net = DistributedDataParallel(
                 self.model, find_unused_parameters=len(cfg.tasks) > 1
             )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.learning_rate)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trained, lr=self.t.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate_factor(self.t, s)
         )
@@ -114,6 +126,26 @@ class Trainer:
         self.step, self.history = 0, History()
         self.before_seconds = 0.0  # training time of the runs this one resumed
         self._started = time.monotonic()
+
+    def _start_from_base(self, base: Bundle) -> None:
+        """The base bundle's weights into every head it has (new heads keep their random
+        start); with freeze_encoder, its encoder and heads take no gradient at all."""
+        missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
+        new = tuple(f"heads.{t}." for t in self.targets if t not in base.targets)
+        if unexpected or any(not name.startswith(new) for name in missing):
+            raise ConfigurationError(f"init_from: {base.path}'s weights do not fit this model")
+        if not self.cfg.freeze_encoder:
+            untouched = ", ".join(self.carried)
+            if untouched and self.ctx.is_main:
+                tqdm.write(
+                    f"warning: {untouched} not trained in this run: their answers change as "
+                    "the shared encoder does (freeze_encoder keeps them exactly)"
+                )
+            return
+        for name, param in self.model.named_parameters():
+            if not name.startswith(new):
+                param.requires_grad_(False)
+                self.frozen[name] = param.detach().clone()
 
     # ---- data -----------------------------------------------------------------------------
     def _prepare_data(self) -> tuple[Side, dict[str, Side], dict[str, TaskData]]:
@@ -173,7 +205,9 @@ class Trainer:
         """Fit on the training split once (rank 0); later runs and other ranks load them."""
         vocab_dir = self.out / "vocab"
         done = vocab_dir / "done"
-        if self.ctx.is_main and not done.exists():
+        if self.ctx.is_main and not done.exists() and self.base is not None:
+            self._base_tokenizers(self.base, raw, vocab_dir)
+        elif self.ctx.is_main and not done.exists():
             vocab_dir.mkdir(parents=True, exist_ok=True)
             sources = [ex.source for train, _, _ in raw.values() for ex in train]
             src_tok = build_tokenizer(self.cfg.source)
@@ -193,6 +227,26 @@ class Trainer:
         source = Side.load(vocab_dir, "source", self.cfg.source)
         targets = {t: Side.load(vocab_dir, f"target.{t}", self.cfg.tasks[t].target) for t in raw}
         return source, targets
+
+    def _base_tokenizers(self, base: Bundle, raw: dict, vocab_dir: Path) -> None:
+        """The base bundle's source side and the targets of the tasks it has, unchanged (the
+        encoder's embeddings index its vocabulary); a new task's target is fit as usual."""
+        vocab_dir.mkdir(parents=True, exist_ok=True)
+        contextual = [t for t in raw if self.cfg.tasks[t].context_turns]
+        if contextual and MARKS[0] not in base.source.vocab.stoi:
+            raise ConfigurationError(
+                f"tasks.{contextual[0]}.context_turns: init_from's encoder was trained without "
+                "the dialogue speaker marks, so it cannot read history; set context_turns: 0"
+            )
+        base.source.save(vocab_dir, "source")
+        for task, (train, _, _) in raw.items():
+            if task in base.targets:
+                base.targets[task].save(vocab_dir, f"target.{task}")
+                continue
+            tok = build_tokenizer(self.cfg.tasks[task].target)
+            with _vocabulary_key(f"tasks.{task}.target.vocab_size"):
+                Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
+        (vocab_dir / "done").touch()
 
     # ---- loop -----------------------------------------------------------------------------
     def run(self, resume: bool) -> Path:
@@ -387,7 +441,7 @@ class Trainer:
         ranked = sorted(self.history.records, key=lambda r: -r["score"])
         best = [r["step"] for r in ranked[: self.t.average_checkpoints]]
         paths = [p for p in (self.ckpt_dir / f"step-{s}.pt" for s in best) if p.is_file()]
-        self.model.load_state_dict(average_checkpoints(paths))
+        self._load_average(paths)
         scores = self.validate()
         if len(paths) > 1:  # what averaging did, for the tuning tables
             self._log(
@@ -403,15 +457,20 @@ class Trainer:
                 f"averaging {best} scored {self._combined(scores):.2f} < "
                 f"{ranked[0]['score']:.2f} of step {best[0]} alone: keeping that one"
             )
-            self.model.load_state_dict(average_checkpoints(paths[:1]))
+            self._load_average(paths[:1])
             best, scores = best[:1], ranked[0]["scores"]
         return best, scores
+
+    def _load_average(self, paths: list[Path]) -> None:
+        self.model.load_state_dict(average_checkpoints(paths))
+        if self.frozen:  # averaging equal tensors may still round: the base's, bit for bit
+            self.model.load_state_dict(self.frozen, strict=False)
 
     def _finish(self) -> Path:
         best, scores = self._final_weights()
         self._log({"event": "final", "averaged_steps": best, "scores": scores})
         files = [f for d in self.tasks.values() for f in d.files]
-        info = {
+        info: dict[str, Any] = {
             "id": self.cfg.name,
             "version": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -424,28 +483,53 @@ class Trainer:
                 "data_files": [f.name for f in files],
             },
             "tasks": {
-                t: {
-                    "metric": self.cfg.task_metric(t),
-                    "valid_scores": s,
-                    "context_turns": self.cfg.tasks[t].context_turns,
-                }
-                for t, s in scores.items()
+                **self._carried_entries(),
+                **{
+                    t: {
+                        **self._base_entry(t),  # a fine-tuned head keeps its decoding defaults
+                        "metric": self.cfg.task_metric(t),
+                        "valid_scores": s,
+                        "context_turns": self.cfg.tasks[t].context_turns,
+                    }
+                    for t, s in scores.items()
+                },
             },
         }
+        if self.base is not None:
+            info["training"]["init_from"] = {
+                "id": self.base.id,
+                "version": self.base.version,
+                "freeze_encoder": self.cfg.freeze_encoder,
+            }
         lexicons = {
             t: lexicon(d.train, self.source, self.targets[t]) for t, d in self.tasks.items()
         }
+        for task in self.carried:
+            held = self.base.model.head(task).lexicon if self.base is not None else None
+            if held is not None:
+                lexicons[task] = held
         bundle = save_bundle(
             self.out / "bundle",
             self.model,
             self.cfg.model,
             self.source,
-            self.targets,
+            {**self.carried, **self.targets},
             info,
             lexicons=lexicons,
         )
         tqdm.write(f"bundle written to {bundle}")
         return bundle
+
+    def _base_entry(self, task: str) -> dict[str, Any]:
+        """What the base bundle's manifest says of a task beyond its files (metric, scores,
+        context, decoding defaults); empty for a task it lacks."""
+        if self.base is None:
+            return {}
+        entry = self.base.manifest["tasks"].get(task, {})
+        return {k: v for k, v in entry.items() if k not in ("tokenizer", "files", "shortlist")}
+
+    def _carried_entries(self) -> dict[str, dict[str, Any]]:
+        return {t: self._base_entry(t) for t in self.carried}
 
 
 @contextlib.contextmanager
