@@ -242,6 +242,14 @@ def test_env_names_are_settings_that_exist(overlay):
     assert used and used <= SETTINGS, used - SETTINGS
 
 
+def test_pods_log_json_lines_and_the_documented_tracing_settings_exist(overlay):
+    _, docs = overlay
+    assert settings_map(docs)["HANSEQ_LOG_FORMAT"] == "json"  # for the log pipeline
+    readme = DEPLOY_README.read_text()
+    documented = set(re.findall(r"\b(HANSEQ_[A-Z_0-9]+)=", readme))
+    assert {"HANSEQ_OTLP_ENDPOINT", "HANSEQ_TRACE_SAMPLE_RATIO"} <= documented <= SETTINGS
+
+
 def test_only_the_gpu_overlay_asks_for_a_gpu(overlay):
     name, docs = overlay
     container = server(docs)
