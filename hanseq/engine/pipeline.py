@@ -13,7 +13,7 @@ import torch
 from hanseq.engine.bundle import Bundle, Side
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import BatchKey, Generation, Hypothesis, SearchOptions
-from hanseq.engine.scheduler import Scheduler, Source, padded
+from hanseq.engine.scheduler import Scheduler, Source, flags_at, padded
 from hanseq.engine.vocabulary import EOS_ID
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Pipeline:
         beam search decodes ``batch_size`` inputs at a time."""
         asked = None
         if cancelled is not None:
-            asked = lambda keys: _flags_of(cancelled(), keys)  # noqa: E731
+            asked = lambda keys: flags_at(cancelled(), keys)  # noqa: E731
         return Scheduler(
             self.model,
             max_rows=self.batch_size,
@@ -167,7 +167,3 @@ class Pipeline:
                     on_partial(key, self.text(task, ids))
 
         return step
-
-
-def _flags_of(flags: Sequence[bool], keys: Sequence[int]) -> list[bool]:
-    return [bool(flags[k]) for k in keys]

@@ -222,6 +222,12 @@ class Scheduler:
             torch.cuda.empty_cache()
 
 
+def flags_at(flags: Sequence[bool] | Tensor, keys: Sequence[int]) -> list[bool]:
+    """The flags of these source keys, from a caller's per-input list or tensor: what a
+    ``cancelled`` callable of the Scheduler returns."""
+    return [bool(flags[k]) for k in keys]
+
+
 def padded(ids: Sequence[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
     """Id lists -> (batch x longest, PAD-filled) ids and their lengths, on ``device``."""
     src_len = torch.tensor([len(x) for x in ids])

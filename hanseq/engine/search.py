@@ -7,7 +7,7 @@ at once; beam search is engine/beam.py. The encoder runs once per batch. Attenti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor
 from hanseq.engine.beam import beam_search
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import BatchKey, Hypothesis, SearchOptions
-from hanseq.engine.scheduler import Scheduler, Source
+from hanseq.engine.scheduler import Scheduler, Source, flags_at
 
 
 @dataclass
@@ -50,7 +50,7 @@ def search(
         memory, state = head.prepare(model.encode(src, src_len), shortlist=True)
         return beam_search(head, memory, state, opts, hooks.cancelled)
     flags = hooks.cancelled
-    asked = None if flags is None else lambda keys: _flags_of(flags(), keys)
+    asked = None if flags is None else lambda keys: flags_at(flags(), keys)
     scheduler = Scheduler(model, max_rows=src.size(0), cancelled=asked)
     lengths = src_len.tolist()
     scheduler.add(
@@ -62,7 +62,3 @@ def search(
             raise done.error
         found[done.key] = done.hypotheses
     return found
-
-
-def _flags_of(flags: Tensor, keys: Sequence[int]) -> list[bool]:
-    return [bool(flags[k]) for k in keys]
