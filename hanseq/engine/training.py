@@ -218,10 +218,7 @@ class Trainer:
                 vocab = Vocabulary([*vocab.itos, *MARKS])
             Side(src_tok, vocab).save(vocab_dir, "source")
             for task, (train, _, _) in raw.items():
-                tok = build_tokenizer(self.cfg.tasks[task].target)
-                with _vocabulary_key(f"tasks.{task}.target.vocab_size"):
-                    side = Side(tok, tok.fit(ex.target for ex in train))
-                side.save(vocab_dir, f"target.{task}")
+                self._fit_target(task, train, vocab_dir)
             done.touch()
         dist_utils.barrier(self.ctx)
         source = Side.load(vocab_dir, "source", self.cfg.source)
@@ -243,10 +240,14 @@ class Trainer:
             if task in base.targets:
                 base.targets[task].save(vocab_dir, f"target.{task}")
                 continue
-            tok = build_tokenizer(self.cfg.tasks[task].target)
-            with _vocabulary_key(f"tasks.{task}.target.vocab_size"):
-                Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
+            self._fit_target(task, train, vocab_dir)
         (vocab_dir / "done").touch()
+
+    def _fit_target(self, task: str, train: list[Example], vocab_dir: Path) -> None:
+        """A task's target tokenizer, fit on its training targets and saved for the run."""
+        tok = build_tokenizer(self.cfg.tasks[task].target)
+        with _vocabulary_key(f"tasks.{task}.target.vocab_size"):
+            Side(tok, tok.fit(ex.target for ex in train)).save(vocab_dir, f"target.{task}")
 
     # ---- loop -----------------------------------------------------------------------------
     def run(self, resume: bool) -> Path:

@@ -97,7 +97,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     async def GenerateBatch(
         self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateBatchResponse:
-        task = self._task(request.task, "task")
+        task = self._task(request.task, "task")  # not serving: the call fails, not its items
         texts = list(request.texts)
         if not texts:
             raise InvalidArgument("texts", "must hold at least one text")
@@ -107,7 +107,6 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 f"{len(texts)} items; the limit is {self.settings.max_batch_items} per call",
             )
         options = self._options(request.options, task)
-        self._not_ready()  # a server not serving fails the call, not each of its items
         no_cache = request.options.no_cache
         answers = [
             self._item(task, t, f"texts[{i}]", options, no_cache, context)
