@@ -162,7 +162,7 @@ async def test_a_known_sequence_gives_exactly_these_metrics(start, redis_server)
     )
     assert value(m, "hanseq_workers_alive") == 1 and value(m, "hanseq_workers_busy") == 0
     assert value(m, "hanseq_queue_depth", task="translate") == 0
-    info = app.pool.tasks["translate"]
+    info = app.models.tasks["translate"]
     assert (
         value(
             m,
@@ -294,8 +294,8 @@ async def test_a_cached_value_that_does_not_verify_is_never_served(start, redis_
     """A shared Redis may hold garbage or another bundle's answer under our key (a
     misconfigured prefix, an attacker with Redis access): it is decoded afresh instead."""
     app, stub = await start(redis_url=redis_server.url, cache_entries=0)
-    model = app.pool.tasks["translate"]
-    options = app.servicer._options(pb.DecodingOptions(), "translate")
+    model = app.models.tasks["translate"]
+    options = app.servicer._options(pb.DecodingOptions(), model)
     client = redis.Redis.from_url(redis_server.url)
     truth = await stub.Translate(pb.TranslateRequest(text=TEXTS[5], options=FRESH))
     foreign = pb.GenerateResponse(text="planted", model_id="other", model_version="1")

@@ -46,7 +46,15 @@ def test_public_surface_is_deliberate():
     assert sorted(hanseq_client.__all__) == sorted(
         ["AsyncClient", "Client", "Retry", "NO_RETRY", "TLS", "Turn", "DecodingOptions"]
         + ["Result", "Alternative", "Attention", "Timings", "StreamUpdate", "Models"]
-        + ["ModelInfo", "Limits", "HanseqError", "InvalidInput", "Unsupported", "Overloaded"]
+        + [
+            "ModelInfo",
+            "ServedModel",
+            "Limits",
+            "HanseqError",
+            "InvalidInput",
+            "Unsupported",
+            "Overloaded",
+        ]
         + ["Unavailable", "DeadlineExceeded", "Unauthenticated", "PermissionDenied"]
         + ["Cancelled", "ServerError", "FailedPrecondition", "__version__"]
     )

@@ -128,7 +128,7 @@ async def test_list_models_shows_tasks_versions_and_limits(served):
     app, stub, _, _ = served
     reply = await stub.ListModels(pb.ListModelsRequest())
     assert [t.task for t in reply.tasks] == ["translate", "respond", "summarize"]
-    assert all(t.model_version == app.pool.tasks[t.task].model_version for t in reply.tasks)
+    assert all(t.model_version == app.models.tasks[t.task].model_version for t in reply.tasks)
     assert reply.tasks[0].metric == "bleu" and "bleu" in reply.tasks[0].valid_scores
     assert reply.tasks[1].metric == "rouge_l" and "rouge_l" in reply.tasks[1].valid_scores
     assert reply.limits.max_beam_size == 8 and reply.limits.max_input_chars == 2000
@@ -292,8 +292,9 @@ async def test_a_short_deadline_is_deadline_exceeded(served):
 async def test_a_cancelled_stream_stops_decoding(served):
     app, stub, _, _ = served
     seen = []
-    original = app.batcher.submit
-    app.batcher.submit = lambda request: (seen.append(request), original(request))[1]
+    (model,) = app.models.served.values()
+    original = model.batcher.submit
+    model.batcher.submit = lambda request: (seen.append(request), original(request))[1]
     try:
         call = stub.GenerateStream(
             pb.GenerateRequest(
@@ -304,9 +305,9 @@ async def test_a_cancelled_stream_stops_decoding(served):
             call.cancel()  # leave after the first partial output
             break
     finally:
-        app.batcher.submit = original
+        model.batcher.submit = original
     for _ in range(200):  # the worker frees up once the row has left the batch
-        if app.pool.busy_count() == 0:
+        if app.models.busy_count() == 0:
             break
         await asyncio.sleep(0.01)
     assert seen[0].cancelled and seen[0].partials < 100  # 250 steps had it not stopped
@@ -348,7 +349,7 @@ async def test_reload_under_load_loses_nothing_and_switches_version(served):
     assert after.model_version == "reloaded-2"
     listed = await stub.ListModels(pb.ListModelsRequest())
     assert {t.model_version for t in listed.tasks} == {"reloaded-2"}
-    assert app.pool.alive_count() == 1
+    assert app.models.alive_count() == 1
 
 
 async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service_bundle_path):
@@ -385,10 +386,10 @@ async def test_flood_beyond_the_queue_is_resource_exhausted_and_recovers(service
             for i in range(2)
         ]
         for _ in range(500):
-            if app.pool.busy_count():
+            if app.models.busy_count():
                 break
             await asyncio.sleep(0.01)
-        os.kill(app.pool.workers[0].pid, signal.SIGKILL)
+        os.kill(app.models.workers()[0].pid, signal.SIGKILL)
         codes = {c for c, _ in await asyncio.gather(*calls)}
         assert codes <= {CODE.UNAVAILABLE, CODE.OK} and CODE.UNAVAILABLE in codes
         fresh = _opts(no_cache=True)  # decoded by the new worker, not recalled

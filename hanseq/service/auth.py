@@ -25,7 +25,7 @@ from hanseq.service.settings import Settings, env_name
 
 OPEN_PREFIX = "/grpc.health.v1.Health/"
 HANSEQ_PREFIX = "/hanseq.v1."
-ADMIN_METHODS = frozenset({f"/{SERVICE}/ReloadModels"})
+ADMIN_METHODS = frozenset(f"/{SERVICE}/{m}" for m in ("ReloadModels", "LoadModel", "UnloadModel"))
 ADMIN = "admin:"  # a token written admin:TOKEN may also call the admin RPCs
 
 

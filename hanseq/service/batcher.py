@@ -87,11 +87,17 @@ class Batcher:
         self._queued: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._stopped = False
 
     def queued(self, task: str) -> int:
         return self._queued[task]
 
+    def queued_total(self) -> int:
+        return sum(self._queued.values())
+
     def submit(self, request: Request) -> asyncio.Future:
+        if self._stopped:  # its model was unloaded after the request was routed to it
+            raise Unavailable("the model version it was routed to is no longer served; retry")
         if self._queued[request.task] >= self.settings.max_queue_size:
             wait = self.settings.retry_after_ms
             raise Overloaded(
@@ -108,6 +114,7 @@ class Batcher:
         self._loop_task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._loop_task:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

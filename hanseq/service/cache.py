@@ -36,10 +36,12 @@ T = TypeVar("T")
 
 
 def cache_key(model: TaskInfo, task: str, text: str, options: SearchOptions) -> str:
-    """A hex digest of what decides an answer: bundle id + version, task, input, options."""
+    """A hex digest of what decides an answer: the served bundle (name, id, served version
+    and the version its manifest records), task, input, options."""
     fields = sorted(dataclasses.asdict(options).items())
+    served = [model.model_name, model.model_id, model.model_version, model.bundle_version]
     canonical = json.dumps(
-        [model.model_id, model.model_version, task, normalize(text), fields],
+        [*served, task, normalize(text), fields],
         ensure_ascii=False,
         separators=(",", ":"),
     )

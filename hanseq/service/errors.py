@@ -70,6 +70,17 @@ class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotFound(ServiceError):
+    """A model or version the request names that is not served: the message names the field
+    and what is served."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
 class Unimplemented(ServiceError):
     """A task the loaded bundles do not have, asked for by its own RPC (Summarize, ...)."""
 

@@ -12,14 +12,13 @@ answers (its event loop alive) and never kills a pod for loading, draining or re
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Iterable
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from hanseq.service.pool import WorkerPool
+from hanseq.service.models import Models
 from hanseq.service.servicer import SERVICE
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -40,11 +39,10 @@ def health_names(tasks: Iterable[str]) -> list[str]:
 
 
 class Lifecycle:
-    def __init__(self, health: HealthServicer, pool: WorkerPool):
-        self.health, self.pool = health, pool
+    def __init__(self, health: HealthServicer, models: Models):
+        self.health, self.models = health, models
         self.stage = Stage.STARTING
         self._known: set[str] = set()
-        self._reloading = asyncio.Lock()
 
     @property
     def serving(self) -> bool:
@@ -74,15 +72,14 @@ class Lifecycle:
         await self.health.set(LIVENESS, NOT_SERVING)
 
     async def reload(self) -> None:
-        """Load the bundles again and switch (one reload at a time); health follows."""
-        async with self._reloading:
-            await self.pool.reload()
+        """Load the bundles again and switch (one change at a time); health follows."""
+        await self.models.reload()
         await self.update_health()
 
     async def update_health(self) -> None:
         """SERVING where a live worker serves; NOT_SERVING while starting, broken or draining."""
-        up = self.serving and self.pool.alive_count() > 0
-        names = health_names(self.pool.tasks)
+        up = self.serving and self.models.alive_count() > 0
+        names = health_names(self.models.tasks)
         for name in self._known - set(names):
             await self.health.set(name, NOT_SERVING)  # a task a reload took away
         self._known |= set(names)

@@ -46,6 +46,12 @@ class Metrics:
             ["task", "code"],
             registry=r,
         )
+        self.model_requests = Counter(
+            "hanseq_model_requests",
+            "Task requests routed to each model version (a traffic split's shares)",
+            ["model", "version", "task"],
+            registry=r,
+        )
         self.latency = Histogram(
             "hanseq_request_duration_seconds",
             "Time to answer a task request, receipt to reply",
@@ -165,6 +171,14 @@ class _StateCollector(Collector):
         for task, i in sorted(state["tasks"].items()):
             info.add_metric([task], {"model_id": i.model_id, "version": i.model_version})
         yield info
+        share = GaugeMetricFamily(
+            "hanseq_model_traffic_ratio",
+            "Each served model version's share of requests naming no version (0-1)",
+            labels=["model", "version"],
+        )
+        for (model, version), ratio in sorted(state.get("shares", {}).items()):
+            share.add_metric([model, version], ratio)
+        yield share
         yield from self._workers(state.get("workers", []))
 
     def _workers(self, workers: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -9,13 +9,14 @@ model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from hanseq.engine.manifest import find_bundles
 from hanseq.service.errors import Unavailable
 from hanseq.service.protocol import TaskInfo
+from hanseq.service.repository import Model
 from hanseq.service.settings import Settings
 from hanseq.service.workers import Worker, default_threads
 
@@ -23,8 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, on_change: Callable[[], object] = lambda: None):
-        self.settings = settings
+    """The workers of one model version (each worker holds that bundle alone)."""
+
+    def __init__(
+        self, settings: Settings, model: Model, on_change: Callable[[], object] = lambda: None
+    ):
+        self.settings, self.model = settings, model
         self.on_change = on_change
         self.on_restart: Callable[[str], object] = lambda device: None  # a worker died (device)
         self.generation = 0
@@ -47,7 +52,6 @@ class WorkerPool:
         return sum(1 for w in self.workers if w.busy)
 
     async def start(self) -> None:
-        find_bundles(self.settings.models_path())  # fail fast, with the path, if none
         self.workers = await self._start_generation(1)
         self.generation = 1
         self._tasks = self.workers[0].tasks
@@ -70,7 +74,23 @@ class WorkerPool:
             for w in workers:
                 w.kill()
             raise errors[0]
+        for worker in workers:
+            self._name(worker)
         return workers
+
+    def _name(self, worker: Worker) -> None:
+        """The tasks as served: under this model's name and version (the directory's), with
+        the version the manifest records kept beside it."""
+        key = self.model.key
+        worker.tasks = {
+            task: dataclasses.replace(
+                info,
+                model_name=key.name,
+                model_version=key.version,
+                bundle_version=info.model_version,
+            )
+            for task, info in worker.tasks.items()
+        }
 
     def _precision(self, device: str) -> str:
         if device == "cpu":
@@ -80,7 +100,7 @@ class WorkerPool:
     def _new_worker(self, device: str, threads: int, generation: int) -> Worker:
         return Worker(
             device,
-            self.settings.models_path(),
+            self.model.path,
             threads if device == "cpu" else 0,
             self._precision(device),
             self.settings.max_batch_size,
@@ -138,6 +158,7 @@ class WorkerPool:
                 log.error("%s; retrying in 1 s", e)
                 await asyncio.sleep(1.0)
                 continue
+            self._name(worker)
             self.workers = [w for w in self.workers if w is not dead] + [worker]
             self._room.set()
             log.info("worker on %s is back (pid %s)", worker.device, worker.pid)
@@ -145,10 +166,16 @@ class WorkerPool:
         self._replacing.discard(id(dead))
         self.on_change()
 
-    async def reload(self) -> dict[str, TaskInfo]:
-        """Load the bundles again into new workers, then switch; the old ones drain."""
-        generation = self.generation + 1
-        fresh = await self._start_generation(generation)  # raises: the old ones keep serving
+    async def reload(self, model: Model | None = None) -> dict[str, TaskInfo]:
+        """Load the bundle again (as ``model`` now finds it) into new workers, then switch;
+        the old ones drain."""
+        generation, before = self.generation + 1, self.model
+        self.model = model or self.model
+        try:
+            fresh = await self._start_generation(generation)
+        except BaseException:  # the old ones keep serving
+            self.model = before
+            raise
         old = self.workers
         self.workers, self.generation, self._tasks = fresh, generation, fresh[0].tasks
         self._room.set()
@@ -156,7 +183,7 @@ class WorkerPool:
             if not worker.busy:
                 self._spawn(worker.stop())
         self.on_change()
-        log.info("reloaded: %s", {t: i.model_version for t, i in self._tasks.items()})
+        log.info("reloaded %s (%s)", self.model.key, ", ".join(self._tasks))
         return self._tasks
 
     async def stop(self) -> None:

@@ -20,14 +20,16 @@ from hanseq.engine.options import BatchKey, Generation
 class TaskInfo:
     """What the pool reports of a task it serves (from the bundle's manifest)."""
 
-    model_id: str
-    model_version: str
+    model_id: str  # the bundle's id (bundle.json)
+    model_version: str  # the served version: its directory's name in models/<name>/<version>/
     metric: str  # the task's validation metric
     valid_scores: dict[str, float] = field(default_factory=dict)
     context_turns: int = 0  # respond: turns of history the model reads (0: the message only)
     decoding: dict[str, float] = field(default_factory=dict)  # the bundle's default options
     max_target_length: int = 100
     max_source_length: int = 200  # longer inputs are cut to this many tokens
+    model_name: str = ""  # the bundle name requests give (service/repository.py)
+    bundle_version: str = ""  # the version its bundle.json records
 
 
 # ---- server -> worker --------------------------------------------------------------------

@@ -23,13 +23,12 @@ from opentelemetry.trace import Tracer
 
 from hanseq.engine.config import ConfigurationError
 from hanseq.service.auth import AuthInterceptor, load_tokens, server_credentials
-from hanseq.service.batcher import Batcher
 from hanseq.service.cache import LocalCache, RedisCache, ResponseCache
 from hanseq.service.interceptors import ErrorInterceptor
 from hanseq.service.lifecycle import Lifecycle
 from hanseq.service.limits import CallerLimits
 from hanseq.service.metrics import Metrics
-from hanseq.service.pool import WorkerPool
+from hanseq.service.models import Models
 from hanseq.service.servicer import SERVICE, Seq2SeqServicer
 from hanseq.service.settings import Settings
 from hanseq.service.tracing import Tracing
@@ -43,8 +42,7 @@ class App:
     settings: Settings
     server: grpc.aio.Server
     port: int
-    pool: WorkerPool
-    batcher: Batcher
+    models: Models
     servicer: Seq2SeqServicer
     lifecycle: Lifecycle
     metrics: Metrics
@@ -59,8 +57,7 @@ class App:
         await self.lifecycle.drain()
         await self.server.stop(self.settings.grace_period_s)
         await self.lifecycle.stopped()
-        await self.batcher.stop()
-        await self.pool.stop()
+        await self.models.stop()
         await self.cache.close()
         self.metrics.stop()
         self.tracing.shutdown()
@@ -68,14 +65,15 @@ class App:
     def state(self) -> dict[str, Any]:
         """What the metrics read at each scrape."""
         return {
-            "queued": {t: self.batcher.queued(t) for t in self.pool.tasks},
+            "queued": {t: self.models.queued(t) for t in self.models.tasks},
             "queue_limit": self.settings.max_queue_size,
-            "alive": self.pool.alive_count(),
-            "busy": self.pool.busy_count(),
-            "tasks": self.pool.tasks,
+            "alive": self.models.alive_count(),
+            "busy": self.models.busy_count(),
+            "tasks": self.models.tasks,
+            "shares": {(k.name, k.version): r for k, r in self.models.shares().items()},
             "workers": [
                 {"worker": str(i), "device": w.device, "pid": w.pid}
-                for i, w in enumerate(self.pool.workers)
+                for i, w in enumerate(self.models.workers())
                 if w.pid is not None
             ],
         }
@@ -86,20 +84,18 @@ async def create_app(settings: Settings, span_exporter: SpanExporter | None = No
     ``span_exporter``: trace into it (a test's in-memory exporter) instead of OTLP."""
     metrics = Metrics()
     tracing = Tracing(settings, span_exporter)
-    pool = WorkerPool(settings)
-    pool.on_restart = lambda device: metrics.worker_restarts.labels(device).inc()
+    models = Models(settings, metrics)
+    models.on_restart = lambda device: metrics.worker_restarts.labels(device).inc()
     server = grpc.aio.server(
-        interceptors=_interceptors(settings, metrics, pool, tracing.tracer),
+        interceptors=_interceptors(settings, metrics, models, tracing.tracer),
         options=_channel_options(settings),
     )
-    batcher = Batcher(pool, settings, metrics)
     health = HealthServicer()
-    lifecycle = Lifecycle(health, pool)
+    lifecycle = Lifecycle(health, models)
     cache = build_cache(settings, metrics)
     servicer = Seq2SeqServicer(
         settings,
-        pool,
-        batcher,
+        models,
         cache,
         lifecycle,
         lifecycle.reload,
@@ -118,7 +114,7 @@ async def create_app(settings: Settings, span_exporter: SpanExporter | None = No
             server,
         )
     port = _listen(server, settings)
-    app = App(settings, server, port, pool, batcher, servicer, lifecycle, metrics, cache, tracing)
+    app = App(settings, server, port, models, servicer, lifecycle, metrics, cache, tracing)
     metrics.watch(app.state)
     if settings.metrics_port >= 0:
         try:
@@ -130,26 +126,23 @@ async def create_app(settings: Settings, span_exporter: SpanExporter | None = No
             ) from None
     await lifecycle.starting()
     await server.start()
-    pool.on_change = lambda: asyncio.ensure_future(lifecycle.update_health())
+    models.on_change = lambda: asyncio.ensure_future(lifecycle.update_health())
     try:
-        await pool.start()
+        await models.start()
     except BaseException:
         await server.stop(0)
         raise
-    for worker in pool.workers:  # at 0 from the start: increase() cannot see a first sample
-        metrics.worker_restarts.labels(worker.device)
-    batcher.start()
     await lifecycle.serve()
     return app
 
 
-def _interceptors(s: Settings, metrics: Metrics, pool: WorkerPool, tracer: Tracer) -> list:
+def _interceptors(s: Settings, metrics: Metrics, models: Models, tracer: Tracer) -> list:
     """Errors and limits outermost (so a refusal is a counted status), then tokens."""
     limits = CallerLimits(
         s.caller_rate_per_s, s.caller_burst, s.caller_concurrency, s.retry_after_ms
     )
     interceptors: list = [
-        ErrorInterceptor(metrics, served=lambda: pool.tasks, limits=limits, tracer=tracer)
+        ErrorInterceptor(metrics, served=lambda: models.tasks, limits=limits, tracer=tracer)
     ]
     interceptors.append(AuthInterceptor(load_tokens(s), s.admin_without_auth))
     return interceptors
@@ -226,7 +219,9 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app)))
-    tasks = ", ".join(f"{t} ({i.model_id} {i.model_version})" for t, i in app.pool.tasks.items())
+    tasks = ", ".join(
+        f"{t} ({i.model_name} {i.model_version})" for t, i in app.models.tasks.items()
+    )
     log.info("serving %s on %s:%d", tasks, settings.host, app.port)
     if app.metrics.port:
         log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics.port)

@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from hanseq.engine.dialogue import Turn, source_text
 from hanseq.engine.options import SearchOptions
-from hanseq.service.batcher import Batcher, Outcome, Request
+from hanseq.service.batcher import Outcome, Request
 from hanseq.service.cache import ResponseCache, cache_key, cacheable
 from hanseq.service.errors import (
     DeadlineExceeded,
@@ -26,11 +26,11 @@ from hanseq.service.errors import (
     Overloaded,
     ServiceError,
     Unavailable,
-    Unimplemented,
 )
 from hanseq.service.logs import note, request_id
-from hanseq.service.pool import WorkerPool
+from hanseq.service.models import Models, Served
 from hanseq.service.protocol import TaskInfo
+from hanseq.service.repository import ModelKey, RepositoryError
 from hanseq.service.settings import Settings
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
@@ -58,15 +58,14 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     def __init__(
         self,
         settings: Settings,
-        pool: WorkerPool,
-        batcher: Batcher,
+        models: Models,
         cache: ResponseCache,
         lifecycle: Stage,
         reload: Callable[[], Awaitable[None]],
         count_item: Callable[[str, str], None] = lambda task, code: None,
         tracer: trace.Tracer | None = None,
     ):
-        self.settings, self.pool, self.batcher, self.cache = settings, pool, batcher, cache
+        self.settings, self.models, self.cache = settings, models, cache
         self.lifecycle, self.reload = lifecycle, reload
         self.count_item = count_item  # (task, code) of each GenerateBatch item answered
         self.tracer = tracer or trace.NoOpTracer()  # children of the RPC's span (tracing.py)
@@ -75,29 +74,31 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     async def Translate(
         self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        return await self._unary("translate", request.text, "text", request.options, context)
+        return await self._unary("translate", request.text, "text", request, context)
 
     async def Summarize(
         self, request: pb.SummarizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        return await self._unary("summarize", request.text, "text", request.options, context)
+        return await self._unary("summarize", request.text, "text", request, context)
 
     async def Respond(
         self, request: pb.RespondRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        text = self._dialogue_source(request)
-        return await self._unary("respond", text, "message", request.options, context)
+        served = self._route("respond", request.model)
+        text = self._dialogue_source(request, served.tasks["respond"])
+        return await self._unary("respond", text, "message", request, context, served)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         self._task(request.task, "task")
-        return await self._unary(request.task, request.text, "text", request.options, context)
+        return await self._unary(request.task, request.text, "text", request, context)
 
     async def GenerateBatch(
         self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateBatchResponse:
         task = self._task(request.task, "task")  # not serving: the call fails, not its items
+        served = self._route(task, request.model)
         texts = list(request.texts)
         if not texts:
             raise InvalidArgument("texts", "must hold at least one text")
@@ -106,10 +107,10 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 "texts",
                 f"{len(texts)} items; the limit is {self.settings.max_batch_items} per call",
             )
-        options = self._options(request.options, task)
+        options = self._options(request.options, served.tasks[task])
         no_cache = request.options.no_cache
         answers = [
-            self._item(task, t, f"texts[{i}]", options, no_cache, context)
+            self._item(served, task, t, f"texts[{i}]", options, no_cache, context)
             for i, t in enumerate(texts)
         ]
         items = await self._within(_all(answers), context)
@@ -126,15 +127,18 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         task = self._task(request.task, "task")
+        served = self._route(task, request.model)
         self._check_text(request.text, "text")
-        options = self._options(request.options, task)
+        options = self._options(request.options, served.tasks[task])
         if options.beam_size != 1:
             raise InvalidArgument(
                 "options.beam_size",
                 "streaming decodes greedily or by sampling; beam_size must be 1",
             )
         partials: asyncio.Queue[Any] = asyncio.Queue()
-        req = self._submit(task, request.text, options, context, on_partial=partials.put_nowait)
+        req = self._submit(
+            served, task, request.text, options, context, on_partial=partials.put_nowait
+        )
         req.future.add_done_callback(lambda _: partials.put_nowait(_DONE))
         sent = ""
         try:
@@ -155,18 +159,33 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         self._not_ready()  # an empty list while loading would read as "serves nothing"
-        return pb.ListModelsResponse(tasks=self._task_infos(), limits=self._limits())
+        return pb.ListModelsResponse(
+            tasks=self._task_infos(), limits=self._limits(), models=self._model_infos()
+        )
 
     async def ReloadModels(
         self, request: pb.ReloadModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReloadModelsResponse:
-        try:
-            await self.reload()
-        except Unavailable as e:  # not retryable: the same bundles would fail the same way
-            raise FailedPrecondition(
-                f"reload failed; the previous models still serve: {e.message}"
-            ) from None
-        return pb.ReloadModelsResponse(tasks=self._task_infos())
+        await _changing("reload", self.reload())
+        return pb.ReloadModelsResponse(tasks=self._task_infos(), models=self._model_infos())
+
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadModelResponse:
+        self._not_ready()
+        if not request.name:
+            raise InvalidArgument("name", "must name a bundle in the models directory")
+        loaded = await _changing("load", self.models.load(request.name, request.version))
+        return pb.LoadModelResponse(loaded=self._model_infos(loaded), models=self._model_infos())
+
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelResponse:
+        self._not_ready()
+        if not request.name:
+            raise InvalidArgument("name", "must name a served bundle")
+        await _changing("unload", self.models.unload(request.name, request.version))
+        return pb.UnloadModelResponse(models=self._model_infos())
 
     # ---- helpers ----------------------------------------------------------------------------
     async def _unary(
@@ -174,19 +193,22 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         task: str,
         text: str,
         field: str,
-        options_pb: pb.DecodingOptions,
+        request: Any,  # a task's request message: its options and model
         context: grpc.aio.ServicerContext,
+        served: Served | None = None,
     ) -> pb.GenerateResponse:
-        self._served(task)
+        served = served or self._route(task, request.model)
         self._check_text(text, field)
-        options = self._options(options_pb, task)
-        answer = self._answer(task, text, options, options_pb.no_cache, context)
+        options = self._options(request.options, served.tasks[task])
+        no_cache = request.options.no_cache
+        answer = self._answer(served, task, text, options, no_cache, context)
         response = await self._within(_as_field(answer, field), context)
         _note(response)
         return response
 
     async def _item(
         self,
+        served: Served,
         task: str,
         text: str,
         field: str,
@@ -197,7 +219,8 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         """One input of a batch: its result, or its own error (the call goes on)."""
         try:
             self._check_text(text, field)
-            answer = await _as_field(self._answer(task, text, options, no_cache, context), field)
+            answer = self._answer(served, task, text, options, no_cache, context)
+            answer = await _as_field(answer, field)
             return pb.BatchItem(result=answer)
         except DeadlineExceeded:
             raise  # the call's deadline: every item shares it
@@ -212,6 +235,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
 
     async def _answer(
         self,
+        served: Served,
         task: str,
         text: str,
         options: SearchOptions,
@@ -220,20 +244,21 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     ) -> pb.GenerateResponse:
         """From the cache, from an identical request in flight, or decoded (then cached)."""
         if not cacheable(options, no_cache):
-            return _response(await self._decode(task, text, options, context))
-        key = cache_key(self.pool.tasks[task], task, text, options)
+            return _response(await self._decode(served, task, text, options, context))
+        info = served.tasks[task]
+        key = cache_key(info, task, text, options)
         with self.tracer.start_as_current_span("cache.lookup") as span:
             hit = await self.cache.get(key)
             span.set_attribute("hanseq.cache.hit", hit is not None)
         if hit is not None:
-            response = _recalled(hit, self.pool.tasks[task])
+            response = _recalled(hit, info)
             if response is not None:
                 return response
             log.warning("a cached answer for %s did not verify; decoding afresh", task)
             self.cache.reject(key)
 
         async def decode_and_keep() -> pb.GenerateResponse:
-            outcome = await self._decode(task, text, options, context)
+            outcome = await self._decode(served, task, text, options, context)
             response = _response(outcome)
             kept = pb.GenerateResponse()
             kept.CopyFrom(response)
@@ -248,10 +273,15 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         return await self.cache.single_flight(key, decode_and_keep)
 
     async def _decode(
-        self, task: str, text: str, options: SearchOptions, context: grpc.aio.ServicerContext
+        self,
+        served: Served,
+        task: str,
+        text: str,
+        options: SearchOptions,
+        context: grpc.aio.ServicerContext,
     ) -> Outcome:
         submitted = time.time_ns()
-        req = self._submit(task, text, options, context)
+        req = self._submit(served, task, text, options, context)
         try:
             outcome = await asyncio.shield(req.future)
         except asyncio.CancelledError:  # the caller left or its deadline passed
@@ -285,6 +315,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
 
     def _submit(
         self,
+        served: Served,
         task: str,
         text: str,
         options: SearchOptions,
@@ -295,7 +326,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         request = Request(task, text, options, deadline, on_partial)
-        self.batcher.submit(request)
+        served.batcher.submit(request)
         return request
 
     def _not_ready(self) -> None:
@@ -307,16 +338,16 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         not served is this server's (UNIMPLEMENTED, as for Summarize without its head)."""
         self._not_ready()
         if not task:
-            raise InvalidArgument(field, f"must name a task; served: {', '.join(self.pool.tasks)}")
-        self._served(task)
+            served = ", ".join(self.models.tasks)
+            raise InvalidArgument(field, f"must name a task; served: {served}")
         return task
 
-    def _served(self, task: str) -> None:
-        if task not in self.pool.tasks:
-            self._not_ready()
-            raise Unimplemented(
-                f"task {task!r} is not served here; served: {', '.join(self.pool.tasks)}"
-            )
+    def _route(self, task: str, model: pb.ModelRef) -> Served:
+        """The served version that answers: the one named, else the task's default.
+        UNIMPLEMENTED for a task nothing here serves; NOT_FOUND for a model or version
+        not served (both messages list what is)."""
+        self._not_ready()
+        return self.models.resolve(task, model.name, model.version)
 
     def _check_text(self, text: str, field: str) -> None:
         if not text.strip():
@@ -326,7 +357,7 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
                 field, f"is {len(text)} characters; the limit is {self.settings.max_input_chars}"
             )
 
-    def _dialogue_source(self, request: pb.RespondRequest) -> str:
+    def _dialogue_source(self, request: pb.RespondRequest, respond: TaskInfo) -> str:
         turns = list(request.history)
         if len(turns) > self.settings.max_history_turns:
             raise InvalidArgument(
@@ -335,17 +366,15 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         for i, turn in enumerate(turns):
             self._check_text(turn.text, f"history[{i}].text")
         self._check_text(request.message, "message")
-        respond = self.pool.tasks.get("respond")
-        context_turns = respond.context_turns if respond is not None else 0
         history = [Turn(t.text, t.from_user) for t in turns]
-        return source_text(history, request.message, context_turns)
+        return source_text(history, request.message, respond.context_turns)
 
-    def _options(self, o: pb.DecodingOptions, task: str) -> SearchOptions:
+    def _options(self, o: pb.DecodingOptions, info: TaskInfo) -> SearchOptions:
         """DecodingOptions -> SearchOptions; INVALID_ARGUMENT names the field. An unset
-        option takes the task's default (``_defaults``)."""
+        option takes the task's default in the model that answers (``_defaults``)."""
         s = self.settings
-        default_max = min(self.pool.tasks[task].max_target_length, s.max_output_length)
-        defaults = self._defaults(task)
+        default_max = min(info.max_target_length, s.max_output_length)
+        defaults = self._defaults(info)
         beam = _get(o, "beam_size", 1 if o.sample else defaults["beam_size"])
         beam = _in_range("options.beam_size", beam, 1, s.max_beam_size)
         n_best = _in_range("options.n_best", _get(o, "n_best", 1), 1, min(beam, s.max_n_best))
@@ -387,10 +416,10 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             **sampling,
         )
 
-    def _defaults(self, task: str) -> dict[str, Any]:
+    def _defaults(self, info: TaskInfo) -> dict[str, Any]:
         """What an unset option decodes with: the bundle's choice for the task (its beam
         capped at max_beam_size), unless the server's default_beam_size is set."""
-        bundle = self.pool.tasks[task].decoding
+        bundle = info.decoding
         beam = min(int(bundle.get("beam_size", 1)), self.settings.max_beam_size)
         return {
             "beam_size": self.settings.default_beam_size or beam,
@@ -399,19 +428,44 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
         }
 
     def _task_infos(self) -> list[pb.TaskInfo]:
-        return [
-            pb.TaskInfo(
-                task=task,
-                model_id=i.model_id,
-                model_version=i.model_version,
-                metric=i.metric,
-                valid_scores=_numbers(i.valid_scores),
-                context_turns=i.context_turns,
-                defaults=pb.DecodingOptions(**self._defaults(task)),
-                max_source_tokens=i.max_source_length - 1,  # the last position is EOS
+        return [self._task_info(task, i) for task, i in self.models.tasks.items()]
+
+    def _task_info(self, task: str, i: TaskInfo) -> pb.TaskInfo:
+        return pb.TaskInfo(
+            task=task,
+            model_id=i.model_id,
+            model_version=i.model_version,
+            metric=i.metric,
+            valid_scores=_numbers(i.valid_scores),
+            context_turns=i.context_turns,
+            defaults=pb.DecodingOptions(**self._defaults(i)),
+            max_source_tokens=i.max_source_length - 1,  # the last position is EOS
+            model_name=i.model_name,
+            bundle_version=i.bundle_version,
+        )
+
+    def _model_infos(self, keys: Sequence[ModelKey] | None = None) -> list[pb.ModelInfo]:
+        """Every served version (or those of ``keys``), in name and version order."""
+        shares, routes = self.models.shares(), self.models.routes
+        out = []
+        for key in sorted(self.models.served) if keys is None else keys:
+            served = self.models.served.get(key)
+            if served is None:
+                continue
+            share = shares.get(key, 0.0)
+            out.append(
+                pb.ModelInfo(
+                    name=key.name,
+                    version=key.version,
+                    tasks=[self._task_info(t, i) for t, i in served.tasks.items()],
+                    default_for=[
+                        t for t, n in routes.defaults.items() if n == key.name and share > 0
+                    ],
+                    traffic_share=share,
+                    workers=served.pool.alive_count(),
+                )
             )
-            for task, i in self.pool.tasks.items()
-        ]
+        return out
 
     def _limits(self) -> pb.Limits:
         s = self.settings
@@ -423,6 +477,18 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             max_batch_items=s.max_batch_items,
             max_history_turns=s.max_history_turns,
         )
+
+
+async def _changing(what: str, change: Awaitable[T]) -> T:
+    """A model change that could not be made: FAILED_PRECONDITION (the same bundles would
+    fail the same way: not worth a retry), the previous models still serving."""
+    try:
+        return await change
+    except (Unavailable, RepositoryError) as e:
+        message = e.message if isinstance(e, ServiceError) else str(e)
+        raise FailedPrecondition(
+            f"{what} failed; the previous models still serve: {message}"
+        ) from None
 
 
 async def _as_field(awaitable: Awaitable[pb.GenerateResponse], field: str) -> pb.GenerateResponse:
@@ -497,7 +563,8 @@ def _recalled(value: bytes, model: TaskInfo) -> pb.GenerateResponse | None:
         response = pb.GenerateResponse.FromString(value)
     except DecodeError:
         return None
-    if (response.model_id, response.model_version) != (model.model_id, model.model_version):
+    served = (response.model_name, response.model_id, response.model_version)
+    if served != (model.model_name, model.model_id, model.model_version):
         return None
     response.cached = True
     return response
@@ -511,6 +578,7 @@ def _response(outcome: Outcome, cached: bool = False) -> pb.GenerateResponse:
         cached=cached,
         model_id=info.model_id,
         model_version=info.model_version,
+        model_name=info.model_name,
         queue_ms=outcome.queue_ms,
         compute_ms=outcome.compute_ms,
         truncated=r.truncated,

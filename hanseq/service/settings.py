@@ -28,8 +28,14 @@ def _f(default: Any, help: str) -> Any:
 class Settings:
     host: str = _f("127.0.0.1", "address to listen on (0.0.0.0 in a container)")
     port: int = _f(50051, "gRPC port (0 = any free port)")
-    models: str = _f("models", "a bundle directory, or a directory of bundles")
-    devices: str = _f("auto", "auto | cpu | cuda:0,cuda:1,... (one worker per entry)")
+    models: str = _f(
+        "models",
+        "a bundle, or a directory of bundles and of <name>/<version>/ bundles with an "
+        "optional <name>/serving.yaml (README: Several bundles and versions)",
+    )
+    devices: str = _f(
+        "auto", "auto | cpu | cuda:0,cuda:1,... (one worker per entry, per version served)"
+    )
     cpu_threads: int = _f(
         0, "torch threads per CPU worker (0 = usable CPUs, the cgroup quota counted, / CPU workers)"
     )

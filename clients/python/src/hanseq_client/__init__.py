@@ -31,6 +31,7 @@ from hanseq_client.results import (
     ModelInfo,
     Models,
     Result,
+    ServedModel,
     StreamUpdate,
     Timings,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Limits",
     "ModelInfo",
     "Models",
+    "ServedModel",
     "Overloaded",
     "PermissionDenied",
     "Result",

@@ -19,11 +19,13 @@ from hanseq_client.results import (
     ModelInfo,
     Models,
     Result,
+    ServedModel,
     StreamUpdate,
     first_failure,
     items_from_pb,
     models_from_pb,
     result_from_pb,
+    served_from_pb,
     task_from_pb,
     update_from_pb,
 )
@@ -40,9 +42,16 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
-        return await self._result("Translate", calls.translate(text, options), timeout, request_id)
+        return await self._result(
+            "Translate",
+            calls.translate(text, options, calls.model_ref(model, model_version)),
+            timeout,
+            request_id,
+        )
 
     async def respond(
         self,
@@ -51,9 +60,11 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
-        request = calls.respond(message, history, options)
+        request = calls.respond(message, history, options, calls.model_ref(model, model_version))
         return await self._result("Respond", request, timeout, request_id)
 
     async def summarize(
@@ -62,9 +73,16 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
-        return await self._result("Summarize", calls.summarize(text, options), timeout, request_id)
+        return await self._result(
+            "Summarize",
+            calls.summarize(text, options, calls.model_ref(model, model_version)),
+            timeout,
+            request_id,
+        )
 
     async def generate(
         self,
@@ -73,9 +91,11 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
-        request = calls.generate(task, text, options)
+        request = calls.generate(task, text, options, calls.model_ref(model, model_version))
         return await self._result("Generate", request, timeout, request_id)
 
     def stream(
@@ -85,10 +105,12 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> AsyncIterator[StreamUpdate]:
         """``async for update in client.stream(...)``; leaving the loop early cancels the call."""
-        request = calls.generate(task, text, options)
+        request = calls.generate(task, text, options, calls.model_ref(model, model_version))
         return self._updates(request, timeout, request_id)
 
     async def batch(
@@ -98,13 +120,21 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> list[Result]:
         """Many texts of one task in one call; results in the order of ``texts``. If an input
         failed (empty, over a limit, its queue full), its error is raised: the first one's;
         ``batch_items`` returns every input's result or error instead."""
         items = await self.batch_items(
-            task, texts, timeout=timeout, request_id=request_id, **options
+            task,
+            texts,
+            timeout=timeout,
+            request_id=request_id,
+            model=model,
+            model_version=model_version,
+            **options,
         )
         return first_failure(items)
 
@@ -115,12 +145,14 @@ class AsyncClient(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> list[Result | HanseqError]:
         """Each input's ``Result``, or its own error (the exception a single call would
         raise, e.g. ``InvalidInput`` naming ``texts[i]``), in the order of ``texts``. The
         call itself raises only for what concerns it whole (task, options, auth, deadline)."""
-        request = calls.batch(task, texts, options)
+        request = calls.batch(task, texts, options, calls.model_ref(model, model_version))
         if not request.texts:
             return []
         reply, ms = await self._call("GenerateBatch", request, timeout, request_id)
@@ -146,6 +178,20 @@ class AsyncClient(ClientBase):
     async def reload(self, *, timeout: float | None = None) -> list[ModelInfo]:
         reply, _ = await self._call("ReloadModels", pb.ReloadModelsRequest(), timeout, None)
         return [task_from_pb(t) for t in reply.tasks]
+
+    async def load_model(
+        self, name: str, version: str = "", *, timeout: float | None = None
+    ) -> list[ServedModel]:
+        request = pb.LoadModelRequest(name=name, version=version)
+        reply, _ = await self._call("LoadModel", request, timeout, None)
+        return [served_from_pb(m) for m in reply.loaded]
+
+    async def unload_model(
+        self, name: str, version: str = "", *, timeout: float | None = None
+    ) -> list[ServedModel]:
+        request = pb.UnloadModelRequest(name=name, version=version)
+        reply, _ = await self._call("UnloadModel", request, timeout, None)
+        return [served_from_pb(m) for m in reply.models]
 
     async def close(self) -> None:
         await self._channel.close()

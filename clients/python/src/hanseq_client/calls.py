@@ -19,6 +19,7 @@ from hanseq_client._proto import hanseq_pb2 as pb
 from hanseq_client.channel import SERVICE, method_path
 from hanseq_client.inputs import (
     Turn,
+    _invalid,
     decoding_options,
     history_field,
     text_field,
@@ -42,37 +43,58 @@ def stubs(channel: Any) -> dict[str, Any]:
     return table
 
 
-def translate(text: str, options: Mapping[str, Any]) -> pb.TranslateRequest:
-    return pb.TranslateRequest(text=text_field("text", text), options=decoding_options(options))
+def model_ref(name: str, version: str) -> pb.ModelRef:
+    """Which bundle and version should answer; empty: the server's default for the task."""
+    if version and not name:
+        raise _invalid("model_version", "is a version of a bundle: give model= too")
+    return pb.ModelRef(name=name or "", version=version or "")
+
+
+def translate(text: str, options: Mapping[str, Any], model: pb.ModelRef) -> pb.TranslateRequest:
+    return pb.TranslateRequest(
+        text=text_field("text", text), options=decoding_options(options), model=model
+    )
 
 
 def respond(
-    message: str, history: Sequence[Turn | tuple[str, bool]], options: Mapping[str, Any]
+    message: str,
+    history: Sequence[Turn | tuple[str, bool]],
+    options: Mapping[str, Any],
+    model: pb.ModelRef,
 ) -> pb.RespondRequest:
     return pb.RespondRequest(
         message=text_field("message", message),
         history=history_field(history),
         options=decoding_options(options),
+        model=model,
     )
 
 
-def summarize(text: str, options: Mapping[str, Any]) -> pb.SummarizeRequest:
-    return pb.SummarizeRequest(text=text_field("text", text), options=decoding_options(options))
+def summarize(text: str, options: Mapping[str, Any], model: pb.ModelRef) -> pb.SummarizeRequest:
+    return pb.SummarizeRequest(
+        text=text_field("text", text), options=decoding_options(options), model=model
+    )
 
 
-def generate(task: str, text: str, options: Mapping[str, Any]) -> pb.GenerateRequest:
+def generate(
+    task: str, text: str, options: Mapping[str, Any], model: pb.ModelRef
+) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         task=text_field("task", task),
         text=text_field("text", text),
         options=decoding_options(options),
+        model=model,
     )
 
 
-def batch(task: str, texts: Iterable[str], options: Mapping[str, Any]) -> pb.GenerateBatchRequest:
+def batch(
+    task: str, texts: Iterable[str], options: Mapping[str, Any], model: pb.ModelRef
+) -> pb.GenerateBatchRequest:
     return pb.GenerateBatchRequest(
         task=text_field("task", task),
         texts=texts_field("texts", texts),
         options=decoding_options(options),
+        model=model,
     )
 
 

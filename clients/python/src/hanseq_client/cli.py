@@ -37,6 +37,8 @@ examples:
   hanseq-client stream respond '주말에 뭐 할까?'
   hanseq-client --target dns:///hanseq.hanseq.svc.cluster.local:50051 models
   hanseq-client reload
+  hanseq-client load keyphrase                     (admin: one bundle, as its serving.yaml says)
+  hanseq-client translate --model hanseq-multitask --model-version 20261201-133120 '안녕'
   hanseq-client health
 
 exit status: 0 done; 1 the call failed (unreachable, overloaded, deadline, server error);
@@ -116,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         "reload", parents=[connection], help="load the server's bundles again (admin)"
     )
     sub.set_defaults(run=run_reload)
+    for name, run, what in (
+        ("load", run_load, "load or reload one bundle, or one version of it (admin)"),
+        ("unload", run_unload, "stop serving one bundle, or one version of it (admin)"),
+    ):
+        sub = commands.add_parser(name, parents=[connection], help=what)
+        sub.add_argument("name", metavar="NAME", help="the bundle (its directory in models/)")
+        sub.add_argument(
+            "model_version",
+            metavar="VERSION",
+            nargs="?",
+            default="",
+            help="one version (default: as its serving.yaml says / every version)",
+        )
+        sub.set_defaults(run=run)
     sub = commands.add_parser(
         "health",
         parents=[connection],
@@ -229,6 +245,9 @@ def _task_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _decoding_flags(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_argument_group("model (left out: the server's default for the task)")
+    which.add_argument("--model", metavar="NAME", help="the bundle to answer (see `models`)")
+    which.add_argument("--model-version", metavar="VERSION", help="one served version of --model")
     dec = parser.add_argument_group("decoding (left out: the server's default)")
     dec.add_argument("--beam", dest="beam_size", type=int, help="beam size; 1 = greedy")
     dec.add_argument(
@@ -273,6 +292,8 @@ OPTION_FLAGS = (
     "seed",
     "return_attention",
     "no_cache",
+    "model",  # not decoding options: which bundle and version answers (the client's kwargs)
+    "model_version",
 )
 
 
@@ -447,6 +468,20 @@ def run_reload(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_load(client: Client, args: argparse.Namespace) -> int:
+    """Prints each version started or reloaded."""
+    for m in client.load_model(args.name, args.model_version):
+        print(f"loaded\t{m.name}\t{m.version}\t{','.join(t.task for t in m.tasks)}")
+    return 0
+
+
+def run_unload(client: Client, args: argparse.Namespace) -> int:
+    """Prints what still serves."""
+    for m in client.unload_model(args.name, args.model_version):
+        print(f"serving\t{m.name}\t{m.version}\t{','.join(t.task for t in m.tasks)}")
+    return 0
+
+
 def run_health(client: Client, args: argparse.Namespace) -> int:
     """One line per name: ``server`` (the whole server) and each task, with its status."""
     names: list[str | None] = list(args.tasks)
@@ -478,7 +513,7 @@ def _models_table(models: Models) -> str:
         rows.append(
             (
                 t.task,
-                t.model_id,
+                t.model_name or t.model_id,
                 t.model_version,
                 t.metric,
                 "" if score is None else f"{score:.2f}",
@@ -491,7 +526,20 @@ def _models_table(models: Models) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     ]
     limits = ", ".join(f"{k}={v}" for k, v in asdict(models.limits).items())
-    return "\n".join([*lines, "", f"limits: {limits}"])
+    return "\n".join([*lines, "", *_served_lines(models), f"limits: {limits}"])
+
+
+def _served_lines(models: Models) -> list[str]:
+    """Every served version, where there is more than the one row per task above."""
+    if len(models.models) <= 1:
+        return []
+    out = ["served:"]
+    for m in models.models:
+        default = f"default for {','.join(m.default_for)}" if m.default_for else "named only"
+        share = f", {m.traffic_share:.0%} of calls naming no version" if m.traffic_share else ""
+        tasks = ",".join(t.task for t in m.tasks)
+        out.append(f"  {m.name} {m.version}: {tasks}; {default}{share}; {m.workers} worker(s)")
+    return [*out, ""]
 
 
 # -- plotting --------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from hanseq_client.results import (
     ModelInfo,
     Models,
     Result,
+    ServedModel,
     StreamUpdate,
     first_failure,
     items_from_pb,
     models_from_pb,
     result_from_pb,
+    served_from_pb,
     task_from_pb,
     update_from_pb,
 )
@@ -39,10 +41,17 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
         """Korean -> English."""
-        return self._result("Translate", calls.translate(text, options), timeout, request_id)
+        return self._result(
+            "Translate",
+            calls.translate(text, options, calls.model_ref(model, model_version)),
+            timeout,
+            request_id,
+        )
 
     def respond(
         self,
@@ -51,10 +60,12 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
         """A Korean reply to ``message``; ``history``: earlier turns, oldest first."""
-        request = calls.respond(message, history, options)
+        request = calls.respond(message, history, options, calls.model_ref(model, model_version))
         return self._result("Respond", request, timeout, request_id)
 
     def summarize(
@@ -63,10 +74,17 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
         """A Korean summary (title) of a Korean text."""
-        return self._result("Summarize", calls.summarize(text, options), timeout, request_id)
+        return self._result(
+            "Summarize",
+            calls.summarize(text, options, calls.model_ref(model, model_version)),
+            timeout,
+            request_id,
+        )
 
     def generate(
         self,
@@ -75,10 +93,17 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Result:
         """Any task by name (``models()`` lists them)."""
-        return self._result("Generate", calls.generate(task, text, options), timeout, request_id)
+        return self._result(
+            "Generate",
+            calls.generate(task, text, options, calls.model_ref(model, model_version)),
+            timeout,
+            request_id,
+        )
 
     def stream(
         self,
@@ -87,11 +112,13 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> Iterator[StreamUpdate]:
         """Partial outputs as they are decoded; the last update has ``final`` and ``result``.
         Stopping the iteration early (``break``) cancels the call on the server."""
-        request = calls.generate(task, text, options)
+        request = calls.generate(task, text, options, calls.model_ref(model, model_version))
         return self._updates(request, timeout, request_id)
 
     def batch(
@@ -101,12 +128,22 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> list[Result]:
         """Many texts of one task in one call; results in the order of ``texts``. If an input
         failed (empty, over a limit, its queue full), its error is raised: the first one's;
         ``batch_items`` returns every input's result or error instead."""
-        items = self.batch_items(task, texts, timeout=timeout, request_id=request_id, **options)
+        items = self.batch_items(
+            task,
+            texts,
+            timeout=timeout,
+            request_id=request_id,
+            model=model,
+            model_version=model_version,
+            **options,
+        )
         return first_failure(items)
 
     def batch_items(
@@ -116,12 +153,14 @@ class Client(ClientBase):
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        model: str = "",
+        model_version: str = "",
         **options: Unpack[DecodingOptions],
     ) -> list[Result | HanseqError]:
         """Each input's ``Result``, or its own error (the exception a single call would
         raise, e.g. ``InvalidInput`` naming ``texts[i]``), in the order of ``texts``. The
         call itself raises only for what concerns it whole (task, options, auth, deadline)."""
-        request = calls.batch(task, texts, options)
+        request = calls.batch(task, texts, options, calls.model_ref(model, model_version))
         if not request.texts:
             return []
         reply, ms = self._call("GenerateBatch", request, timeout, request_id)
@@ -151,6 +190,24 @@ class Client(ClientBase):
         """Ask the server to load its bundles again (admin); returns what serves now."""
         reply, _ = self._call("ReloadModels", pb.ReloadModelsRequest(), timeout, None)
         return [task_from_pb(t) for t in reply.tasks]
+
+    def load_model(
+        self, name: str, version: str = "", *, timeout: float | None = None
+    ) -> list[ServedModel]:
+        """Load or reload bundle ``name`` (or one ``version`` of it) from the server's models
+        directory, leaving the others alone (admin); returns the versions it (re)started."""
+        request = pb.LoadModelRequest(name=name, version=version)
+        reply, _ = self._call("LoadModel", request, timeout, None)
+        return [served_from_pb(m) for m in reply.loaded]
+
+    def unload_model(
+        self, name: str, version: str = "", *, timeout: float | None = None
+    ) -> list[ServedModel]:
+        """Stop serving bundle ``name`` (or one ``version``) once what it holds is answered
+        (admin); returns every version still served."""
+        request = pb.UnloadModelRequest(name=name, version=version)
+        reply, _ = self._call("UnloadModel", request, timeout, None)
+        return [served_from_pb(m) for m in reply.models]
 
     # -- lifetime ----------------------------------------------------------------------------
 

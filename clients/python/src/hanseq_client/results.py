@@ -50,6 +50,7 @@ class Result:
     truncated: bool  # the input was cut to the model's longest source
     timings: Timings
     attention: Attention | None = None  # with return_attention=True
+    model_name: str = ""  # the bundle name that answered (what ``model=`` names)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +78,20 @@ class ModelInfo:
     context_turns: int = 0  # respond: turns of history the model reads (0: the message only)
     defaults: dict[str, float] = field(default_factory=dict)  # options an unset field takes
     max_source_tokens: int = 0  # longer inputs are cut to this many tokens (Result.truncated)
+    model_name: str = ""  # the bundle name requests give as ``model=``
+    bundle_version: str = ""  # the version its bundle.json records
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One served version of one bundle (``models().models``)."""
+
+    name: str
+    version: str
+    tasks: list[ModelInfo]
+    default_for: list[str]  # tasks it answers when a call names no model
+    traffic_share: float  # its share (0-1) of the calls that name no version
+    workers: int  # live worker processes holding it
 
 
 @dataclass(frozen=True)
@@ -93,8 +108,9 @@ class Limits:
 class Models:
     """What ``models()`` returns: the tasks served and the limits in force."""
 
-    tasks: list[ModelInfo]
+    tasks: list[ModelInfo]  # per task, the version answering calls that name no model
     limits: Limits
+    models: list[ServedModel] = field(default_factory=list)  # every version served
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +149,7 @@ def result_from_pb(reply: pb.GenerateResponse, total_ms: float) -> Result:
         truncated=reply.truncated,
         timings=timings,
         attention=_attention(reply),
+        model_name=reply.model_name,
     )
 
 
@@ -164,6 +181,19 @@ def task_from_pb(info: pb.TaskInfo) -> ModelInfo:
         info.context_turns,
         defaults,
         info.max_source_tokens,
+        info.model_name,
+        info.bundle_version,
+    )
+
+
+def served_from_pb(info: pb.ModelInfo) -> ServedModel:
+    return ServedModel(
+        info.name,
+        info.version,
+        [task_from_pb(t) for t in info.tasks],
+        list(info.default_for),
+        round(info.traffic_share, 4),
+        info.workers,
     )
 
 
@@ -177,4 +207,5 @@ def models_from_pb(reply: pb.ListModelsResponse) -> Models:
         lim.max_batch_items,
         lim.max_history_turns,
     )
-    return Models([task_from_pb(t) for t in reply.tasks], limits)
+    served = [served_from_pb(m) for m in reply.models]
+    return Models([task_from_pb(t) for t in reply.tasks], limits, served)
