@@ -13,7 +13,6 @@ tokens, sentences/s, and which row scores best. ``hanseq export --decoding`` rec
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from hanseq.engine.dialogue import read_histories  # noqa: E402
 from hanseq.engine.metrics import task_scores  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
+from hanseq.engine.precision import describe_cpu  # noqa: E402
 
 # (row name, options); every task gets these, respond also the sampling rows.
 SETS = [
@@ -52,10 +52,7 @@ SAMPLING = [
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return describe_cpu()  # the model and the flags that decide the fast paths
 
 
 def valid_examples(cfg: Config, task: str) -> list[Example]:

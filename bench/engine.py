@@ -25,7 +25,7 @@ from hanseq.engine.bundle import load_bundle  # noqa: E402
 from hanseq.engine.data import read_tsv  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
-from hanseq.engine.quantize import quantize_decoders  # noqa: E402
+from hanseq.engine.precision import choose, describe_cpu, prepare  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -100,7 +100,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; median reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-length", type=int, default=80, help="max output tokens")
-    parser.add_argument("--int8", action="store_true", help="int8 decoder products (fbgemm)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="fp32",
+        help="decoding number format (engine/precision.py); auto: as the server picks",
+    )
+    parser.add_argument("--int8", action="store_true", help="the same as --precision int8")
     parser.add_argument(
         "--no-shortlist", action="store_true", help="the whole target vocabulary at every step"
     )
@@ -111,8 +117,9 @@ def main() -> None:
     bundle = load_bundle(args.model, args.device, shortlist=not args.no_shortlist)
     if args.device.startswith("cuda"):
         bundle.model.half()  # as the service's CUDA workers run it
-    if args.int8:
-        quantize_decoders(bundle.model)
+    else:
+        chosen = choose("int8" if args.int8 else args.precision, args.device)
+        prepare(bundle.model, chosen.precision)
     pipeline = Pipeline.from_bundle(bundle)
     pipeline.warn_truncated = False  # a benchmark, not a user: the count is not news
     examples, _ = read_tsv(Path(args.data))
@@ -121,9 +128,10 @@ def main() -> None:
     print(
         f"bundle {pipeline.targets and args.model} task {args.task}: {len(texts)} inputs, "
         f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}"
-        f"{', int8 decoder products' if args.int8 else ''}"
-        f"{', whole vocabulary' if args.no_shortlist else ''}, on {args.device}\n"
+        f"{', whole vocabulary' if args.no_shortlist else ''}, on {args.device}"
     )
+    if not args.device.startswith("cuda"):
+        print(f"CPU: {describe_cpu()}; decoding in {chosen.precision} ({chosen.why})\n")
     print(
         table(
             ["tokenizer (one core)", "throughput"],

@@ -157,6 +157,7 @@ def start_server(models: Path, port: int, **settings: str) -> subprocess.Popen:
         "HANSEQ_MODELS": str(models),
         "HANSEQ_DEVICES": "cpu",
         "HANSEQ_LOG_LEVEL": "WARNING",
+        "HANSEQ_CPU_PRECISION": "fp32",  # as settings_for: answers equal the fp32 engine's
         **{f"HANSEQ_{k.upper()}": v for k, v in settings.items()},
     }
     return subprocess.Popen(
@@ -276,6 +277,9 @@ def settings_for(models, **overrides):
         "devices": "cpu",
         "cpu_threads": 1,
         "max_queue_delay_ms": 10,
+        # fp32 on every CPU, so that served answers equal the fp32 engine's in the tests
+        # (auto picks bf16 on CPUs with AMX; tests/test_precision.py covers the other paths)
+        "cpu_precision": "fp32",
     }
     return load_settings({**base, **overrides}, env={})
 

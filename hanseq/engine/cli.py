@@ -66,11 +66,14 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     g.add_argument(
-        "--int8",
-        action="store_true",
-        help="int8 decoder products (CPU only: output layer, LSTM cell, attentional layer): "
-        "faster, scores within noise (bench/README.md)",
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="fp32",
+        help="number format of decoding (default fp32, the model card's): bf16 (fast on CPUs "
+        "with AMX or AVX512-BF16), int8 decoder products (CPU), auto (as the server picks: "
+        "bf16 where the CPU has bf16 units, else fp32); bench/README.md has speeds and scores",
     )
+    g.add_argument("--int8", action="store_true", help="the same as --precision int8")
     g.add_argument(
         "--no-shortlist",
         action="store_true",
@@ -220,15 +223,17 @@ def _pipeline(args: argparse.Namespace) -> tuple[Bundle, Pipeline, SearchOptions
     from hanseq.engine.bundle import load_bundle
     from hanseq.engine.distributed import resolve_device
     from hanseq.engine.pipeline import Pipeline
+    from hanseq.engine.precision import choose, prepare
 
-    bundle = load_bundle(args.model, resolve_device(args.device), not args.no_shortlist)
-    if args.int8:
-        from hanseq.engine.quantize import quantize_decoders
-
-        try:
-            quantize_decoders(bundle.model)
-        except RuntimeError as e:
-            raise SystemExit(f"hanseq: --int8: {e}") from None
+    device = resolve_device(args.device)
+    bundle = load_bundle(args.model, device, not args.no_shortlist)
+    try:
+        chosen = choose("int8" if args.int8 else args.precision, str(device))
+        prepare(bundle.model, chosen.precision)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"hanseq: --precision: {e}") from None
+    if args.precision == "auto":
+        print(f"decoding in {chosen.precision} ({chosen.why})", file=sys.stderr)
     pipeline = Pipeline.from_bundle(bundle, args.batch_size)
     pipeline.check_task(args.task)
     max_length = bundle.manifest.get("max_target_length", 100)

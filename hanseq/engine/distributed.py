@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hanseq.engine.precision import cpu_has_bf16
+
 
 @dataclass
 class Context:
@@ -84,21 +86,6 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU lists AMX-BF16 or AVX512-BF16 among its flags (Linux)."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return False
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContextManager:

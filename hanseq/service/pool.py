@@ -12,8 +12,10 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import astuple
 from typing import Any
 
+from hanseq.engine.precision import choose
 from hanseq.service.errors import Unavailable
 from hanseq.service.protocol import TaskInfo
 from hanseq.service.repository import Model
@@ -94,7 +96,11 @@ class WorkerPool:
 
     def _precision(self, device: str) -> str:
         if device == "cpu":
-            return "int8" if self.settings.cpu_int8 else "fp32"
+            s = self.settings
+            choice = choose("int8" if s.cpu_int8 else s.cpu_precision, device)
+            if self.generation == 0:  # said once, at start-up
+                log.info("CPU workers of %s decode in %s (%s)", self.model.key, *astuple(choice))
+            return choice.precision
         return "fp16" if self.settings.half_precision else "fp32"
 
     def _new_worker(self, device: str, threads: int, generation: int) -> Worker:

@@ -40,9 +40,12 @@ class Settings:
         0, "torch threads per CPU worker (0 = usable CPUs, the cgroup quota counted, / CPU workers)"
     )
     half_precision: bool = _f(True, "fp16 weights on CUDA workers (never on CPU)")
-    cpu_int8: bool = _f(
-        False, "int8 decoder products on CPU workers: faster decoding, scores in bench/README.md"
+    cpu_precision: str = _f(
+        "auto",
+        "auto | fp32 | bf16 | int8: how CPU workers decode; auto = bf16 on CPUs with AMX or "
+        "AVX512-BF16, else fp32 (bench/README.md: speeds and scores)",
     )
+    cpu_int8: bool = _f(False, "the older name of cpu_precision=int8")
     shortlist: bool = _f(
         True,
         "greedy and beam search over a per-batch vocabulary shortlist where a bundle has one "
@@ -226,6 +229,15 @@ def validate(s: Settings) -> None:
     if not 0 <= s.trace_sample_ratio <= 1:
         raise ConfigurationError(
             f"trace_sample_ratio ({env_name('trace_sample_ratio')}) must be in 0..1"
+        )
+    if s.cpu_precision not in ("auto", "fp32", "bf16", "int8"):
+        raise ConfigurationError(
+            f"cpu_precision ({env_name('cpu_precision')}) must be auto, fp32, bf16 or int8 "
+            f"(got {s.cpu_precision!r})"
+        )
+    if s.cpu_int8 and s.cpu_precision not in ("auto", "int8"):
+        raise ConfigurationError(
+            f"cpu_int8 asks for int8 but cpu_precision is {s.cpu_precision}: set one of them"
         )
     if s.log_format not in ("auto", "text", "json"):
         raise ConfigurationError(

@@ -92,7 +92,7 @@ class Runner:
         device: str,
         bundles: list[Path],
         threads: int,
-        precision: str,  # fp32 | fp16 (CUDA) | int8 (CPU decoder products)
+        precision: str,  # fp32 | bf16 | fp16 (CUDA) | int8 (CPU), engine/precision.py
         conn: Connection,
         max_tokens: int = 0,
         shortlist: bool = True,
@@ -101,7 +101,7 @@ class Runner:
 
         from hanseq.engine.bundle import load_bundle
         from hanseq.engine.pipeline import Pipeline
-        from hanseq.engine.quantize import quantize_decoders
+        from hanseq.engine.precision import prepare
         from hanseq.engine.scheduler import Scheduler
 
         if threads > 0:
@@ -112,10 +112,7 @@ class Runner:
         self.schedulers: dict[str, Scheduler] = {}  # task -> its bundle's scheduler
         for path in bundles:
             bundle = load_bundle(path, self.device, shortlist)
-            if precision == "fp16" and self.device.type == "cuda":
-                bundle.model.half()  # search takes log-softmax in fp32
-            if precision == "int8" and self.device.type == "cpu":
-                quantize_decoders(bundle.model)
+            prepare(bundle.model, precision)  # search takes the log-softmax in fp32
             scheduler = Scheduler(bundle.model, beam_group=BEAM_GROUP, cancelled=self._gone)
             for task in bundle.tasks:
                 if task in self.pipelines:
