@@ -58,6 +58,9 @@ def beam_search(
     )
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     found: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    # Per input, the n_best best finished scores so far (float64: the very comparison the
+    # Python floats made), so that _done decides every input in one tensor operation.
+    best = torch.full((batch, opts.n_best), NEG_INF, dtype=torch.float64, device=device)
     for step in range(opts.max_length):
         live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
@@ -70,7 +73,7 @@ def beam_search(
         origin, token = top_index // vocab + offsets, memory.token_ids(top_index % vocab)
         if opts.return_attention:
             beams.attention = torch.cat([beams.attention, attn.float().unsqueeze(1)], 1)
-        _collect_finished(found, beams, top_scores, origin, token, step, opts)
+        _collect_finished(found, best, beams, top_scores, origin, token, step, opts)
         alive = top_scores.masked_fill(token == EOS_ID, NEG_INF)  # at most k EOS among 2k
         scores_k, pick = alive.topk(k, dim=1)
         chosen = origin.gather(1, pick).view(-1)
@@ -79,7 +82,7 @@ def beam_search(
         beams.scores = scores_k.view(-1)
         beams.history = torch.cat([beams.history, prev.unsqueeze(1)], 1)
         state = state.index_select(chosen)
-        done = _done(found, beams.items, scores_k, step, opts, cancelled)
+        done = _done(best, beams.items, scores_k, step, opts, cancelled)
         if step == opts.max_length - 1:
             done[:] = True
         _keep_partial(found, beams, done, k, opts)
@@ -99,6 +102,7 @@ def beam_search(
 
 def _collect_finished(
     found: list[list[Hypothesis]],
+    best: Tensor,
     beams: _Beams,
     top_scores: Tensor,
     origin: Tensor,
@@ -106,15 +110,25 @@ def _collect_finished(
     step: int,
     opts: SearchOptions,
 ) -> None:
-    """Hypotheses ending in EOS within the top k candidates leave the beam, scored."""
+    """Hypotheses ending in EOS within the top k candidates leave the beam, scored; ``best``
+    keeps each input's n_best best finished scores. Tensors are read whole (one transfer per
+    step), never element by element."""
     k = opts.beam_size
     ends = (token[:, :k] == EOS_ID) & torch.isfinite(top_scores[:, :k])
+    if not bool(ends.any()):
+        return
     penalty = length_penalty(step + 1, opts.length_penalty)
-    for b, j in ends.nonzero().tolist():
-        row = int(origin[b, j])
-        attn = beams.attention[row] if opts.return_attention else None
-        score = float(top_scores[b, j]) / penalty
-        found[int(beams.items[b])].append(Hypothesis(beams.history[row].tolist(), score, attn))
+    b, j = ends.nonzero(as_tuple=True)
+    rows = origin[b, j]
+    histories = beams.history.index_select(0, rows).tolist()
+    attention = beams.attention.index_select(0, rows) if opts.return_attention else None
+    items, scores = beams.items[b].tolist(), top_scores[b, j].tolist()
+    for i, (item, score, history) in enumerate(zip(items, scores, histories, strict=True)):
+        attn = attention[i] if attention is not None else None
+        found[item].append(Hypothesis(history, score / penalty, attn))
+    ended = top_scores[:, :k].double().masked_fill(~ends, NEG_INF) / penalty
+    merged = torch.cat([best[beams.items], ended], dim=1)
+    best[beams.items] = merged.topk(opts.n_best, dim=1).values
 
 
 def _keep_partial(
@@ -132,7 +146,7 @@ def _keep_partial(
 
 
 def _done(
-    found: list[list[Hypothesis]],
+    best: Tensor,
     items: Tensor,
     alive: Tensor,
     step: int,
@@ -151,12 +165,8 @@ def _done(
     endings cut off a confident path that is still running.)
     """
     penalty = length_penalty(step + 2, opts.length_penalty)
-    done = torch.zeros(items.size(0), dtype=torch.bool)
-    for b, item in enumerate(items.tolist()):
-        hyps = found[item]
-        if len(hyps) >= opts.n_best:
-            nth_best = sorted((h.score for h in hyps), reverse=True)[opts.n_best - 1]
-            done[b] = nth_best >= float(alive[b, 0]) / penalty
+    nth_best = best[items, opts.n_best - 1]  # -inf until n_best have finished
+    done = torch.isfinite(nth_best) & (nth_best >= alive[:, 0].double() / penalty)
     if cancelled is not None:
-        done |= cancelled().cpu()[items.cpu()]
-    return done.to(items.device)
+        done |= cancelled().to(items.device)[items]
+    return done
