@@ -75,3 +75,23 @@ def test_pipeline_refills_a_small_batch_and_keeps_order(pipeline):
 def test_beam_is_refused(pipeline):
     with pytest.raises(InvalidOptions, match="beam_size"):
         RunningBatch(pipeline.model, "reverse", SearchOptions(beam_size=2))
+
+
+@pytest.mark.parametrize("opts", [SearchOptions(), SearchOptions(sampling=True, seed=3)])
+def test_ended_rows_stay_masked_until_half_are_dead(pipeline, opts):
+    """Rows leave at once but their tensors go only when enough are dead (one copy of the
+    memory instead of one per ending), and every row decodes what it decodes alone."""
+    running = RunningBatch(pipeline.model, "reverse", opts)
+    running.join(*encode_texts(pipeline, INPUTS[:12]), list(range(12)))
+    found, sizes = {}, []
+    while running:
+        for done in running.step():
+            found[done.key] = done.hypothesis
+        sizes.append((len(running), len(running._keys)))
+    assert any(live < rows for live, rows in sizes)  # dead rows were kept for a while
+    assert all(rows - live < max(1, 0.5 * rows) or live == 0 for live, rows in sizes)
+    for key, text in enumerate(INPUTS[:12]):
+        alone = _alone(pipeline, text, opts)
+        assert found[key].tokens == alone.tokens and found[key].score == pytest.approx(
+            alone.score, abs=1e-5
+        )
