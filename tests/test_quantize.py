@@ -10,7 +10,7 @@ import torch
 
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
-from hanseq.engine.quantize import Int8LSTMCell, quantize_decoders
+from hanseq.engine.quantize import Int8Linear, Int8LSTMCell, quantize_decoders
 from hanseq.engine.vocabulary import BOS_ID
 from tests.conftest import encode_texts, reversal_pairs
 from tests.test_cli import hanseq
@@ -70,3 +70,18 @@ def test_the_int8_lstm_cell_follows_the_fp32_cell():
     # measured max errors 0.0025 (h) and 0.0047 (c), on values of about +-1
     assert (got_h - want_h).abs().max() < 0.01
     assert (got_c - want_c).abs().max() < 0.015
+
+
+def test_an_int8_row_gets_the_same_output_whatever_its_neighbours():
+    """Activations are quantized per row: a row's result does not depend on the batch."""
+    torch.manual_seed(0)
+    weight, bias = torch.empty(96, 48).uniform_(-0.1, 0.1), torch.randn(96) * 0.1
+    layer = Int8Linear(weight, bias)
+    row = torch.randn(1, 48)
+    alone = layer(row)
+    for neighbours in (torch.randn(7, 48) * 10, torch.randn(30, 48) * 0.01, torch.zeros(3, 48)):
+        batch = torch.cat([neighbours[:2], row, neighbours[2:]])
+        assert torch.equal(layer(batch)[2:3], alone)
+    exact = row @ weight.T + bias
+    assert (alone - exact).abs().max() < 0.02 * exact.abs().max()
+    assert torch.equal(layer(torch.zeros(2, 48)), bias.expand(2, -1))  # zero rows: just bias

@@ -36,11 +36,25 @@ class Int8Linear:
         with warnings.catch_warnings():  # torch 2.13 marks qint8 tensors deprecated (once
             warnings.simplefilter("ignore", UserWarning)  # per process; torch is pinned)
             quantized = _quantize(weight, per_row)
-        b = None if bias is None else bias.detach().float().cpu().contiguous()
-        self.packed = torch.ops.quantized.linear_prepack(quantized, b)
+        self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self._anchor = torch.zeros(1, weight.size(1))
+        self._anchor[0, 0], self._anchor[0, -1] = 1.0, -1.0
 
     def __call__(self, x: Tensor) -> Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+        """x @ W.T + b, each row's activations quantized on a grid of its own.
+
+        fbgemm quantizes a call's activations with one scale and zero point, from the whole
+        batch's range, so a row's output would depend on the rows beside it (32 of 512
+        greedy outputs changed with the batch's make-up). Each row is divided by its largest
+        magnitude first, and an anchor row holding +1 and -1 fixes the range at [-1, 1], so
+        every row gets the same grid whatever its neighbours; the products are linear, so
+        multiplying back gives each row's result."""
+        x = x.float()
+        scale = x.abs().amax(1, keepdim=True).clamp(min=1e-12)
+        rows = torch.cat([x / scale, self._anchor])
+        out = torch.ops.quantized.linear_dynamic(rows, self.packed, True)[:-1] * scale
+        return out if self.bias is None else out + self.bias
 
 
 def _quantize(weight: Tensor, per_row: bool) -> Tensor:
