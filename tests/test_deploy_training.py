@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ import yaml
 from hanseq.engine.bundle import load_bundle
 from hanseq.engine.config import load_config
 from tests.conftest import REPO, free_port
+from tests.test_deploy_k8s import render
 
 K8S = REPO / "deploy" / "k8s"
 TRAINING = K8S / "training"
@@ -47,17 +47,6 @@ JOB = "hanseq-train"
 # pkg/apis/kubeflow.org/v1/pytorch_types.go).
 CONTAINER, PORT = "pytorch", "pytorchjob-port"
 PART_OF = {"app.kubernetes.io/part-of": "hanseq"}
-
-
-def render(path: Path) -> tuple[list[dict], str]:
-    """The objects `kubectl kustomize` renders, and what it printed on stderr."""
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is not installed; `make test` installs it"
-    run = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stderr
-    return [doc for doc in yaml.safe_load_all(run.stdout) if doc], run.stderr
 
 
 @pytest.fixture(scope="module")
