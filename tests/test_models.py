@@ -179,6 +179,15 @@ def test_a_traffic_split_draws_by_its_percents(tmp_path):
     assert 1450 < drawn["1"] < 1750 and drawn["1"] + drawn["2"] == 2000
     assert table.default_key("translate") == ModelKey("m", "1")
     assert {table.resolve("translate", "m", "2").version for _ in range(50)} == {"2"}
+    repo = scan(tmp_path)  # version 1 unloaded: 2 takes every request naming no version
+    left = build({ModelKey("m", "2"): ("translate",)}, repo.policies)
+    assert {left.resolve("translate").version for _ in range(50)} == {"2"}
+    assert left.default_key("translate") == ModelKey("m", "2")
+    fake_bundle(tmp_path / "m" / "3")
+    (tmp_path / "m" / "serving.yaml").write_text("versions: all\ntraffic: {1: 80, 2: 10, 3: 10}")
+    repo = scan(tmp_path)
+    two_left = build({ModelKey("m", v): ("translate",) for v in ("2", "3")}, repo.policies)
+    assert Counter(two_left.resolve("translate").version for _ in range(400)).keys() == {"2", "3"}
 
 
 def test_policy_defaults():
@@ -350,6 +359,17 @@ async def test_a_traffic_split_serves_both_and_counts_each_version(two, reposito
             *(stub.Translate(pb.TranslateRequest(text=TEXTS[0], model=v("v2"))) for _ in range(8))
         )
         assert {p.model_version for p in pinned} == {"v2"}  # a pinned request is never split
+        await stub.UnloadModel(pb.UnloadModelRequest(name="toy", version="v1"))
+        listed = await stub.ListModels(pb.ListModelsRequest())  # v2 takes v1's share
+        assert [(m.version, m.traffic_share) for m in listed.models] == [("v2", 1.0)]
+        assert {t.model_version for t in listed.tasks} == {"v2"} and len(listed.tasks) == 3
+        alone = await asyncio.gather(
+            *(
+                stub.Translate(pb.TranslateRequest(text=TEXTS[1], options=no_cache))
+                for _ in range(8)
+            )
+        )
+        assert {a.model_version for a in alone} == {"v2"}
     finally:
         policy.write_text("versions: all\ndefault: v1\n")
         await stub.ReloadModels(pb.ReloadModelsRequest())

@@ -22,7 +22,7 @@ from hanseq.service.repository import ModelKey, Policy, RepositoryError, version
 class Routes:
     tasks: Mapping[ModelKey, Sequence[str]]  # every served model version and its tasks
     defaults: Mapping[str, str]  # task -> the bundle name that answers it by default
-    split: Mapping[str, tuple[tuple[str, int], ...]]  # name -> (version, percent), sum 100
+    split: Mapping[str, tuple[tuple[str, int], ...]]  # name -> (version, weight): a draw
 
     def resolve(self, task: str, name: str = "", version: str = "") -> ModelKey:
         """The model version for a request; NotFound / Unimplemented name what is served."""
@@ -55,7 +55,7 @@ class Routes:
         versions = self.split[name]
         if len(versions) == 1:
             return versions[0][0]
-        pick = random.random() * 100
+        pick = random.random() * sum(weight for _, weight in versions)
         for version, percent in versions:
             pick -= percent
             if pick < 0:
@@ -91,9 +91,12 @@ def build(tasks: Mapping[ModelKey, Sequence[str]], policies: Mapping[str, Policy
 
 
 def _split(name: str, versions: list[str], policy: Policy) -> tuple[tuple[str, int], ...]:
+    """(version, weight) for the requests naming no version: the traffic split over the
+    versions still served (one unloaded, the others share its part), else the default."""
     served = sorted(versions, key=version_order)
-    if policy.traffic:
-        return tuple((v, p) for v, p in policy.traffic.items() if p > 0)
+    split = tuple((v, p) for v, p in policy.traffic.items() if p > 0 and v in served)
+    if split:
+        return split
     default = policy.default if policy.default in served else served[-1]
     return ((default, 100),)
 

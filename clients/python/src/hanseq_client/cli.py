@@ -464,7 +464,7 @@ def run_stream(client: Client, args: argparse.Namespace) -> int:
 def run_reload(client: Client, args: argparse.Namespace) -> int:
     """The server loads its bundles again and switches; prints what serves now."""
     for t in client.reload():
-        print(f"{t.task}\t{t.model_id}\t{t.model_version}")
+        print(f"{t.task}\t{t.model_name or t.model_id}\t{t.model_version}")
     return 0
 
 
