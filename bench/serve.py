@@ -32,6 +32,7 @@ from hanseq.engine.bundle import load_bundle  # noqa: E402
 from hanseq.engine.data import read_tsv  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
+from hanseq.engine.precision import choose, describe_cpu, prepare  # noqa: E402
 from hanseq.v1 import hanseq_pb2 as pb  # noqa: E402
 from hanseq.v1 import hanseq_pb2_grpc  # noqa: E402
 
@@ -102,9 +103,11 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-async def measure(model, task, texts, threads, max_batch, levels, per_client, repeats, devices):
+async def measure(
+    model, task, texts, threads, max_batch, levels, per_client, repeats, devices, precision
+):
     port = free_port()
-    server = start_server(model, port, threads, max_batch, devices)
+    server = start_server(model, port, threads, max_batch, devices, cpu_precision=precision)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
     rows = {}
@@ -135,6 +138,7 @@ def offline_rate(
     threads: int,
     repeats: int,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> float:
     """The engine alone on the same inputs in the same arrival-order batches the server
     forms (a batch is sorted within itself, as a worker does; never across batches)."""
@@ -144,6 +148,8 @@ def offline_rate(
     bundle = load_bundle(model, device)
     if device.startswith("cuda"):
         bundle.model.half()  # as the server's CUDA workers run it
+    else:
+        prepare(bundle.model, choose(precision, device).precision)  # as its CPU workers do
     size = max(1, round(batch))
     pipeline = Pipeline.from_bundle(bundle, batch_size=size)
     pipeline.warn_truncated = False
@@ -173,17 +179,25 @@ def main() -> None:
     parser.add_argument(
         "--devices", default="cpu", help="the server's HANSEQ_DEVICES (e.g. cuda:0,cuda:0)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="the server's HANSEQ_CPU_PRECISION (and the offline engine's); default auto",
+    )
     args = parser.parse_args()
 
     texts = [e.source for e in read_tsv(Path(args.data))[0][:2000]]
     levels = [int(x) for x in args.levels.split(",")]
-    common = (levels, args.per_client, args.repeats, args.devices)
+    common = (levels, args.per_client, args.repeats, args.devices, args.precision)
     batched = asyncio.run(measure(args.model, args.task, texts, args.threads, 64, *common))
     single = asyncio.run(measure(args.model, args.task, texts, args.threads, 1, *common))
     device = args.devices.split(",")[0]
+    chosen = choose(args.precision, device)
     print(
         f"task {args.task}, greedy, devices {args.devices}, worker torch threads "
-        f"{args.threads}, median of {args.repeats} runs per cell\n"
+        f"{args.threads}, median of {args.repeats} runs per cell; CPU: {describe_cpu()}; "
+        f"CPU precision {chosen.precision} ({chosen.why})\n"
     )
     print(
         "| clients | batching req/s | p50 ms | p95 ms | p99 ms | mean batch | "
@@ -194,7 +208,14 @@ def main() -> None:
         rate, p50, p95, p99, batch = batched[clients]
         one = single[clients][0]
         offline = offline_rate(
-            args.model, args.task, texts, batch, args.threads, args.repeats, device
+            args.model,
+            args.task,
+            texts,
+            batch,
+            args.threads,
+            args.repeats,
+            device,
+            args.precision,
         )
         print(
             f"| {clients} | {rate:,.1f} | {p50:,.1f} | {p95:,.1f} | {p99:,.1f} | {batch:.1f} | "
