@@ -83,10 +83,12 @@ def exported() -> set[str]:
             "alive": 2,
             "busy": 0,
             "tasks": {"t": task},
+            "shares": {("m", "1"): 1.0},
             "workers": workers,
         }
     )
     metrics.requests.labels("t", "OK").inc()
+    metrics.model_requests.labels("m", "1", "t").inc()
     metrics.batch_items.labels("t", "OK").inc()
     for histogram in (metrics.latency, metrics.queue_wait, metrics.batch_size):
         histogram.labels("t").observe(1)
