@@ -36,7 +36,9 @@ from hanseq.engine.precision import choose, describe_cpu, prepare  # noqa: E402
 from hanseq.v1 import hanseq_pb2 as pb  # noqa: E402
 from hanseq.v1 import hanseq_pb2_grpc  # noqa: E402
 
-FRESH = pb.DecodingOptions(no_cache=True)  # every request decoded: this measures batching
+# Every request decoded (this measures batching), greedily as the offline engine below: left
+# unset, the beam would be the bundle's default (5 for translate), against a greedy engine.
+FRESH = pb.DecodingOptions(no_cache=True, beam_size=1)
 
 
 def free_port() -> int:
