@@ -492,3 +492,27 @@ def test_the_readme_repository_runs_as_written(service_bundle_path, tmp_path):
     finally:
         server.terminate()
         assert server.wait(60) == 0
+
+
+@pytestmark_async
+async def test_stopping_the_server_stops_a_version_still_draining(repository):
+    """An unloaded version finishing its rows when the server stops: its workers stop too."""
+    app = await create_app(settings_for(repository, admin_without_auth=True, grace_period_s=0))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = hanseq_pb2_grpc.Seq2SeqStub(channel)
+    v2 = app.models.served[ModelKey("toy", "v2")]
+    slow = pb.DecodingOptions(min_length=200, max_length=220, no_cache=True)
+    call = stub.Translate(pb.TranslateRequest(text=TEXTS[14], options=slow, model=v("v2")))
+    for _ in range(200):  # until its row is on v2's worker
+        if v2.pool.busy_count():
+            break
+        await asyncio.sleep(0.02)
+    await stub.UnloadModel(pb.UnloadModelRequest(name="toy", version="v2"))
+    assert list(app.models._draining.values()) == [v2]  # answering its row still
+    processes = [w._process for w in v2.pool.workers]
+    await app.stop()
+    call.cancel()
+    await channel.close()
+    for process in processes:
+        process.join(10)
+        assert not process.is_alive()

@@ -61,7 +61,7 @@ class Models:
         self.on_change: Callable[[], object] = lambda: None  # health follows
         self.on_restart: Callable[[str], object] = lambda device: None
         self._changing = asyncio.Lock()
-        self._draining: set[asyncio.Task] = set()
+        self._draining: dict[asyncio.Task, Served] = {}  # unloaded, finishing their rows
 
     # ---- what a request and the metrics read ----------------------------------------------
     @property
@@ -198,8 +198,8 @@ class Models:
             self.repository = repo
         for served in gone:
             task = asyncio.create_task(served.stop_when_idle())
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self._draining[task] = served
+            task.add_done_callback(lambda done: self._draining.pop(done, None))
         log.info("serving %s", self._listing())
         self.on_change()
 
@@ -213,8 +213,10 @@ class Models:
         return Served(model, pool, Batcher(pool, self.settings, self.metrics))
 
     async def stop(self) -> None:
-        for served in self.served.values():
-            await served.batcher.stop()
-        await asyncio.gather(*(s.pool.stop() for s in self.served.values()))
+        """Every version's queues and workers, those still draining after an unload too."""
         for task in list(self._draining):
             task.cancel()
+        every = [*self.served.values(), *self._draining.values()]
+        for served in every:
+            await served.batcher.stop()
+        await asyncio.gather(*(s.pool.stop() for s in every))
