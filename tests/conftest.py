@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hanseq.engine.bundle import Bundle, load_bundle
@@ -107,6 +108,18 @@ def pipeline(toy_bundle) -> Pipeline:
 def encode_texts(pipeline: Pipeline, texts: list[str]):
     """Texts -> the (ids, lengths) batch that search() and RunningBatch.join() take."""
     return pipeline.encode_sources(pipeline.tokenize(texts))
+
+
+def first_step_logits(pipeline: Pipeline, task: str, texts: list[str]):
+    """The first decoder step's logits (fp32, the vocabulary's columns) for ``texts``."""
+    from hanseq.engine.vocabulary import BOS_ID
+
+    src, src_len = encode_texts(pipeline, texts)
+    with torch.inference_mode():
+        head = pipeline.model.head(task)
+        memory, state = head.prepare(pipeline.model.encode(src, src_len))
+        logits, _, _ = head.step(torch.full((len(texts),), BOS_ID), state, memory)
+    return logits[:, : head.generator.weight.size(0)].float()
 
 
 def three_task_config(root: Path, output_dir: Path) -> Config:

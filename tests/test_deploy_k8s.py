@@ -46,6 +46,17 @@ def render(path: Path) -> tuple[list[dict], str]:
     return [doc for doc in yaml.safe_load_all(run.stdout) if doc], run.stderr
 
 
+def assert_locked_down(pod: dict) -> None:
+    """Non-root, no service account token, read-only root, no privilege, no capabilities."""
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+
+
 def kustomize(path: Path) -> list[dict]:
     return render(path)[0]
 
@@ -214,13 +225,8 @@ def test_every_container_is_locked_down(overlay):
     _, docs = overlay
     for deployment in (d for d in docs if d["kind"] == "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["automountServiceAccountToken"] is False
+        assert_locked_down(pod)
         for container in pod["containers"]:
-            context = container["securityContext"]
-            assert context["readOnlyRootFilesystem"] is True
-            assert context["allowPrivilegeEscalation"] is False
-            assert context["capabilities"]["drop"] == ["ALL"]
             assert "memory" in container["resources"]["limits"]
 
 

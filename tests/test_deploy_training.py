@@ -33,7 +33,7 @@ import yaml
 from hanseq.engine.bundle import load_bundle
 from hanseq.engine.config import load_config
 from tests.conftest import REPO, free_port
-from tests.test_deploy_k8s import render
+from tests.test_deploy_k8s import assert_locked_down, render
 
 K8S = REPO / "deploy" / "k8s"
 TRAINING = K8S / "training"
@@ -214,14 +214,8 @@ def test_the_pods_are_locked_down_and_labelled(docs):
     pods = [(r["template"]["metadata"], r["template"]["spec"]) for r in replicas(job).values()]
     for metadata, pod in [*pods, (files["metadata"], files["spec"])]:
         assert PART_OF.items() <= metadata["labels"].items()
-        assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 10001  # the image's USER
-        assert pod["automountServiceAccountToken"] is False
-        for container in pod["containers"]:
-            context = container["securityContext"]
-            assert context["readOnlyRootFilesystem"] is True
-            assert context["allowPrivilegeEscalation"] is False
-            assert context["capabilities"]["drop"] == ["ALL"]
+        assert_locked_down(pod)
     dockerfile = (REPO / "deploy" / "docker" / "Dockerfile.gpu").read_text()
     assert re.search(r"^USER 10001$", dockerfile, flags=re.M)
 

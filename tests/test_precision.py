@@ -15,12 +15,11 @@ import torch
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.precision import choose, cpu_info, describe_cpu, prepare
-from hanseq.engine.vocabulary import BOS_ID
 from hanseq.service.server import create_app
 from hanseq.service.settings import load_settings
 from hanseq.v1 import hanseq_pb2 as pb
 from hanseq.v1 import hanseq_pb2_grpc
-from tests.conftest import encode_texts, reversal_pairs, settings_for
+from tests.conftest import first_step_logits, reversal_pairs, settings_for
 from tests.test_cli import hanseq
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(60, seed=17)]
@@ -60,14 +59,7 @@ def test_bf16_logits_stay_close_and_decode_the_same_text(toy_bundle):
     prepare(bundle.model, "bf16")
     bf16 = Pipeline.from_bundle(bundle)
     assert next(bundle.model.parameters()).dtype == torch.bfloat16
-    src, src_len = encode_texts(fp32, INPUTS)
-    with torch.inference_mode():
-        outputs = []
-        for p in (fp32, bf16):
-            head = p.model.head("reverse")
-            memory, state = head.prepare(p.model.encode(src, src_len))
-            logits, _, _ = head.step(torch.full((len(INPUTS),), BOS_ID), state, memory)
-            outputs.append(logits[:, : head.generator.weight.size(0)].float())
+    outputs = [first_step_logits(p, "reverse", INPUTS) for p in (fp32, bf16)]
     spread = outputs[0].max() - outputs[0].min()
     assert (outputs[0] - outputs[1]).abs().max() < 0.03 * spread  # bf16: 8 bits of mantissa
     for opts in (SearchOptions(), SearchOptions(beam_size=4, length_penalty=1.0)):

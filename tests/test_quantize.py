@@ -11,8 +11,7 @@ import torch
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.quantize import Int8Linear, Int8LSTMCell, quantize_decoders
-from hanseq.engine.vocabulary import BOS_ID
-from tests.conftest import encode_texts, reversal_pairs
+from tests.conftest import first_step_logits, reversal_pairs
 from tests.test_cli import hanseq
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(100, seed=11)]
@@ -26,14 +25,7 @@ def int8_pipeline(toy_bundle) -> Pipeline:
 
 def test_int8_logits_stay_close_and_decode_the_same_text(toy_bundle):
     fp32, int8 = Pipeline.from_bundle(toy_bundle), int8_pipeline(toy_bundle)
-    src, src_len = encode_texts(fp32, INPUTS)
-    with torch.inference_mode():
-        outputs = []
-        for p in (fp32, int8):
-            head = p.model.head("reverse")
-            memory, state = head.prepare(p.model.encode(src, src_len))
-            logits, _, _ = head.step(torch.full((len(INPUTS),), BOS_ID), state, memory)
-            outputs.append(logits[:, : head.generator.weight.size(0)])
+    outputs = [first_step_logits(p, "reverse", INPUTS) for p in (fp32, int8)]
     spread = outputs[0].max() - outputs[0].min()
     # Per-row weights, 7-bit activations: the largest logit error measured on this toy model
     # is 0.5% of the logits' spread (the older fbgemm functions, saturating on AVX2: 6%).
