@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -516,3 +518,32 @@ async def test_stopping_the_server_stops_a_version_still_draining(repository):
     for process in processes:
         process.join(10)
         assert not process.is_alive()
+
+
+def serve_until_it_exits(models: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "hanseq"), "serve"],
+        env={**os.environ, "HANSEQ_MODELS": str(models), "HANSEQ_PORT": "0",
+             "HANSEQ_METRICS_PORT": "-1"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_serve_refuses_a_repository_it_cannot_serve_naming_the_setting(tmp_path):
+    """A bad policy or an ambiguous task stops `hanseq serve` at once: exit 2, one line that
+    names HANSEQ_MODELS and the file (no worker is started for it)."""
+    for version in ("1", "2"):
+        fake_bundle(tmp_path / "m" / version)
+    (tmp_path / "m" / "serving.yaml").write_text("versions: all\ntraffic: {1: 60}\n")
+    fake_bundle(tmp_path / "flat", "flat")
+    cases = [
+        (tmp_path, "serving.yaml: traffic percents must add up to 100"),
+        (tmp_path / "nope", "does not exist"),
+    ]
+    for models, problem in cases:
+        run = serve_until_it_exits(models)
+        assert run.returncode == 2, run.stderr
+        assert f"error: models (HANSEQ_MODELS) {models}" in run.stderr and problem in run.stderr
+    (tmp_path / "m" / "serving.yaml").write_text("versions: all\n")
+    run = serve_until_it_exits(tmp_path)
+    assert run.returncode == 2 and "'translate' is served by flat, m (none claims it)" in run.stderr

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from hanseq.engine.config import ConfigurationError
 from hanseq.service.batcher import Batcher
 from hanseq.service.errors import FailedPrecondition, NotFound
 from hanseq.service.metrics import Metrics
@@ -103,8 +104,16 @@ class Models:
 
     # ---- changes ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self.repository = scan(self.settings.models_path())
-        await self._apply(self.repository.models, reload=())
+        """What the models directory says; a directory that cannot be served as it stands is
+        a ConfigurationError naming the setting (the command exits 2, as for a bad flag)."""
+        where = f"models (HANSEQ_MODELS) {self.settings.models_path()}"
+        try:
+            self.repository = scan(self.settings.models_path())
+            await self._apply(self.repository.models, reload=())
+        except RepositoryError as e:
+            raise ConfigurationError(f"{where}: {e}") from None
+        except FailedPrecondition as e:  # routes that would be ambiguous
+            raise ConfigurationError(f"{where}: {e.message}") from None
 
     async def reload(self) -> None:
         """Everything again, as the repository and its policies now say."""
