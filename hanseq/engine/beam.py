@@ -65,7 +65,8 @@ def beam_search(
         live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
         steps = torch.full((live * k,), step, device=device)
-        logp = constrain(head.log_probs(logits), beams.history, steps, opts, memory.shortlist)
+        logp = head.log_probs(logits)
+        logp = constrain(logp, beams.history, steps, opts, memory.shortlist, head.byte_kinds)
         vocab = logp.size(-1)
         cand = (beams.scores.unsqueeze(1) + logp).view(live, k * vocab)
         top_scores, top_index = cand.topk(2 * k, dim=1)  # live x 2k

@@ -1,5 +1,6 @@
-"""Rules every search applies to one step's distribution: length limits, n-gram blocking and
-never-shown tokens (sampling's own filters are in sampling.py).
+"""Rules every search applies to one step's distribution: length limits, n-gram blocking,
+whole UTF-8 characters (utf8.py) and never-shown tokens (sampling's own filters are in
+sampling.py).
 
 Each row carries its own step count, so rows that started at different steps (continuous
 batching) share one call.
@@ -12,9 +13,8 @@ from torch import Tensor
 
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.shortlist import RowShortlist
+from hanseq.engine.utf8 import NEG_INF, keep_whole
 from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-
-NEG_INF = float("-inf")
 
 
 def constrain(
@@ -23,8 +23,10 @@ def constrain(
     steps: Tensor,
     opts: SearchOptions,
     shortlist: RowShortlist | None = None,
+    byte_kinds: Tensor | None = None,
 ) -> Tensor:
-    """Apply min/max length and n-gram blocking to rows x vocab log-probs, in place.
+    """Apply min/max length, n-gram blocking and whole UTF-8 characters (``byte_kinds``:
+    engine/utf8.py, for a vocabulary with byte pieces) to rows x vocab log-probs, in place.
 
     ``steps``: tokens each row has produced so far; ``history``: those tokens, right-aligned
     (rows that have fewer are PAD on the left, which no n-gram of real tokens matches).
@@ -34,6 +36,8 @@ def constrain(
         logp[steps < opts.min_length, EOS_ID] = NEG_INF
     if opts.no_repeat_ngram and history.size(1) >= opts.no_repeat_ngram:
         ban_repeats(logp, history, opts.no_repeat_ngram, shortlist)
+    if byte_kinds is not None:
+        keep_whole(logp, history, byte_kinds, None if shortlist is None else shortlist.columns)
     last = steps >= opts.max_length - 1  # the last step can only end the sentence
     if bool(last.any()):
         eos = logp[last, EOS_ID]

@@ -35,6 +35,7 @@ class TaskHead(nn.Module):
         self._short: tuple[tuple, Callable[[Tensor], Tensor]] | None = None  # _shortlist_logits
         self.int8: Int8Linear | None = None  # engine.quantize: a frozen int8 copy, if asked
         self.lexicon: LexicalTable | None = None  # engine.shortlist: from the bundle, if any
+        self.byte_kinds: Tensor | None = None  # engine.utf8: whole characters, if byte pieces
 
     def prepare(self, enc: EncoderOutput, shortlist: bool = False) -> tuple[Memory, DecoderState]:
         """``shortlist``: decode over the columns this head's lexicon allows these sources

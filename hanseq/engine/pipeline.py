@@ -14,6 +14,7 @@ from hanseq.engine.bundle import Bundle, Side
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import BatchKey, Generation, Hypothesis, SearchOptions
 from hanseq.engine.scheduler import Scheduler, Source, flags_at, padded
+from hanseq.engine.utf8 import byte_kinds
 from hanseq.engine.vocabulary import EOS_ID
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class Pipeline:
         self.max_source_length = max_source_length
         self.batch_size = batch_size
         self.warn_truncated = warn_truncated
+        device = next(model.parameters()).device
+        for task, side in targets.items():  # every search of the head keeps characters whole
+            kinds = byte_kinds(side.vocab.itos)
+            model.head(task).byte_kinds = None if kinds is None else kinds.to(device)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, batch_size: int = 64) -> Pipeline:
