@@ -106,7 +106,13 @@ def main() -> None:
         default="fp32",
         help="decoding number format (engine/precision.py); auto: as the server picks",
     )
-    parser.add_argument("--int8", action="store_true", help="the same as --precision int8")
+    parser.add_argument(
+        "--int8",
+        dest="precision",
+        action="store_const",
+        const="int8",
+        help="the same as --precision int8",
+    )
     parser.add_argument(
         "--no-shortlist", action="store_true", help="the whole target vocabulary at every step"
     )
@@ -118,7 +124,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         bundle.model.half()  # as the service's CUDA workers run it
     else:
-        chosen = choose("int8" if args.int8 else args.precision, args.device)
+        chosen = choose(args.precision, args.device)
         prepare(bundle.model, chosen.precision)
     pipeline = Pipeline.from_bundle(bundle)
     pipeline.warn_truncated = False  # a benchmark, not a user: the count is not news

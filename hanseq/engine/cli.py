@@ -73,7 +73,13 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
         "with AMX or AVX512-BF16), int8 decoder products (CPU), auto (as the server picks: "
         "bf16 where the CPU has bf16 units, else fp32); bench/README.md has speeds and scores",
     )
-    g.add_argument("--int8", action="store_true", help="the same as --precision int8")
+    g.add_argument(
+        "--int8",
+        dest="precision",
+        action="store_const",
+        const="int8",
+        help="the same as --precision int8",
+    )
     g.add_argument(
         "--no-shortlist",
         action="store_true",
@@ -228,7 +234,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[Bundle, Pipeline, SearchOptions
     device = resolve_device(args.device)
     bundle = load_bundle(args.model, device, not args.no_shortlist)
     try:
-        chosen = choose("int8" if args.int8 else args.precision, str(device))
+        chosen = choose(args.precision, str(device))
         prepare(bundle.model, chosen.precision)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"hanseq: --precision: {e}") from None

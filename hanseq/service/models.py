@@ -34,9 +34,12 @@ log = logging.getLogger(__name__)
 class Served:
     """One model version being served: its workers and the queues in front of them."""
 
-    model: Model
     pool: WorkerPool
     batcher: Batcher
+
+    @property
+    def model(self) -> Model:
+        return self.pool.model  # the pool's, which a reload updates
 
     @property
     def tasks(self) -> dict[str, TaskInfo]:
@@ -194,12 +197,10 @@ class Models:
         if errors:
             await asyncio.gather(*(s.pool.stop() for s in fresh.values()))
             raise errors[0]
-        for key in reload:
-            self.served[key].model = wanted[key]
         for served in fresh.values():
             served.batcher.start()
             for worker in served.pool.workers:  # at 0 from the start (increase() needs it)
-                self.on_restart_seen(worker.device)
+                self._restarts_from_zero(worker.device)
         gone = [self.served[k] for k in self.served if k not in wanted]
         self.served = {k: self.served.get(k) or fresh[k] for k in wanted}
         self.routes = routes
@@ -212,14 +213,14 @@ class Models:
         log.info("serving %s", self._listing())
         self.on_change()
 
-    def on_restart_seen(self, device: str) -> None:
+    def _restarts_from_zero(self, device: str) -> None:
         if self.metrics is not None:
             self.metrics.worker_restarts.labels(device)
 
     def _new(self, model: Model) -> Served:
         pool = WorkerPool(self.settings, model, lambda: self.on_change())
         pool.on_restart = lambda device: self.on_restart(device)
-        return Served(model, pool, Batcher(pool, self.settings, self.metrics))
+        return Served(pool, Batcher(pool, self.settings, self.metrics))
 
     async def stop(self) -> None:
         """Every version's queues and workers, those still draining after an unload too."""

@@ -81,7 +81,7 @@ class Repository:
         path = self.root / name / version
         if not (path / MANIFEST).is_file() or (self.root / name / MANIFEST).is_file():
             return None
-        return Model(ModelKey(name, version), path, tuple(_manifest(path).get("tasks", {})))
+        return _model(ModelKey(name, version), path, _manifest(path))
 
 
 def version_order(version: str) -> list[Any]:
@@ -123,7 +123,10 @@ def scan(path: Path) -> Repository:
 
 def _flat(path: Path) -> Model:
     manifest = _manifest(path)
-    key = ModelKey(str(manifest["id"]), str(manifest["version"]))
+    return _model(ModelKey(str(manifest["id"]), str(manifest["version"])), path, manifest)
+
+
+def _model(key: ModelKey, path: Path, manifest: dict[str, Any]) -> Model:
     return Model(key, path, tuple(manifest.get("tasks", {})))
 
 
@@ -146,11 +149,10 @@ def _versioned(directory: Path) -> tuple[list[Model], Policy]:
         if (directory / POLICY).is_file():
             raise RepositoryError(f"{directory}: a {POLICY} but no version directory with a bundle")
         return [], policy
-    models = []
-    for version in _choose(directory, on_disk, policy):
-        manifest = _manifest(directory / version)  # damaged: named now, not in a worker
-        key = ModelKey(directory.name, version)
-        models.append(Model(key, directory / version, tuple(manifest.get("tasks", {}))))
+    models = [  # a damaged manifest is named now, not in a worker
+        _model(ModelKey(directory.name, v), directory / v, _manifest(directory / v))
+        for v in _choose(directory, on_disk, policy)
+    ]
     return models, policy
 
 

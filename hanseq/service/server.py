@@ -142,7 +142,9 @@ def _interceptors(s: Settings, metrics: Metrics, models: Models, tracer: Tracer)
         s.caller_rate_per_s, s.caller_burst, s.caller_concurrency, s.retry_after_ms
     )
     interceptors: list = [
-        ErrorInterceptor(metrics, served=lambda: models.tasks, limits=limits, tracer=tracer)
+        ErrorInterceptor(
+            metrics, served=lambda: models.routes.defaults, limits=limits, tracer=tracer
+        )
     ]
     interceptors.append(AuthInterceptor(load_tokens(s), s.admin_without_auth))
     return interceptors

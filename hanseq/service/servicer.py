@@ -172,18 +172,14 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadModelResponse:
-        self._not_ready()
-        if not request.name:
-            raise InvalidArgument("name", "must name a bundle in the models directory")
+        self._bundle_named(request.name, "a bundle in the models directory")
         loaded = await _changing("load", self.models.load(request.name, request.version))
         return pb.LoadModelResponse(loaded=self._model_infos(loaded), models=self._model_infos())
 
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.UnloadModelResponse:
-        self._not_ready()
-        if not request.name:
-            raise InvalidArgument("name", "must name a served bundle")
+        self._bundle_named(request.name, "a served bundle")
         await _changing("unload", self.models.unload(request.name, request.version))
         return pb.UnloadModelResponse(models=self._model_infos())
 
@@ -341,6 +337,12 @@ class Seq2SeqServicer(hanseq_pb2_grpc.Seq2SeqServicer):
             served = ", ".join(self.models.tasks)
             raise InvalidArgument(field, f"must name a task; served: {served}")
         return task
+
+    def _bundle_named(self, name: str, what: str) -> None:
+        """An admin call on one bundle: serving, and the request names one."""
+        self._not_ready()
+        if not name:
+            raise InvalidArgument("name", f"must name {what}")
 
     def _route(self, task: str, model: pb.ModelRef) -> Served:
         """The served version that answers: the one named, else the task's default.
