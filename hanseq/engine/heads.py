@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
+from hanseq.engine.columns import ColumnGenerator
 from hanseq.engine.config import ConfigurationError, ModelConfig
 from hanseq.engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from hanseq.engine.encoders import Encoder, EncoderOutput, build_encoder
@@ -32,7 +31,7 @@ class TaskHead(nn.Module):
         )
 
         self._packed: tuple[tuple, Tensor, Tensor] | None = None  # see _inference_logits
-        self._short: tuple[tuple, Callable[[Tensor], Tensor]] | None = None  # _shortlist_logits
+        self._short: tuple[tuple, ColumnGenerator] | None = None  # _shortlist_logits
         self.int8: Int8Linear | None = None  # engine.quantize: a frozen int8 copy, if asked
         self.lexicon: LexicalTable | None = None  # engine.shortlist: from the bundle, if any
         self.byte_kinds: Tensor | None = None  # engine.utf8: whole characters, if byte pieces
@@ -114,31 +113,18 @@ class TaskHead(nn.Module):
 
     def _shortlist_logits(self, vector: Tensor, short: RowShortlist) -> Tensor:
         """The generator over the shortlist's columns only, each row masked to its own set.
-        The weight columns are gathered once per set of columns (they change only when rows
-        join); with an int8 generator (engine.quantize) they are quantized then too: packing
-        2,290 columns costs ~1.7 ms, about three steps' saving at 64 rows (a beam's batch
-        packs once for all its steps)."""
+        The columns' weights are packed as they first appear and kept while rows come and
+        go (engine/columns.py); rebuilt when the weights change (validation runs between
+        training steps) or int8 is switched on."""
         weight = self.generator.weight
-        # The cache holds the columns tensor itself: identity, not an address another
-        # tensor could reuse, says the set is unchanged.
-        key = (short.columns, weight.data_ptr(), weight._version, weight.dtype, self.int8)
-        cached = self._short
-        if cached is None or cached[0][0] is not key[0] or cached[0][1:] != key[1:]:
-            self._short = cached = (key, self._columns(short.columns))
-        logits = cached[1](vector)
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, self.int8)
+        if self._short is None or self._short[0] != key:
+            generator = ColumnGenerator(weight, self.generator.bias, self.int8 is not None)
+            self._short = (key, generator)
+        logits = self._short[1](vector, short.columns)
         rows, batch = logits.size(0), short.allowed.size(0)  # r rows per source (a beam)
         grouped = logits.view(batch, rows // batch, -1)
         return grouped.masked_fill(~short.allowed.unsqueeze(1), float("-inf")).view(rows, -1)
-
-    def _columns(self, columns: Tensor) -> Callable[[Tensor], Tensor]:
-        """The generator cut to these columns, as a function of the attentional vector."""
-        weight, bias = self.generator.weight, self.generator.bias
-        rows = weight.index_select(0, columns)
-        b = bias.index_select(0, columns) if bias is not None else None
-        if self.int8 is not None:
-            return Int8Linear(rows, b, per_row=False)  # packed at every join: the fast way
-        wt = rows.t().contiguous()
-        return (lambda x: torch.addmm(b, x, wt)) if b is not None else (lambda x: x @ wt)
 
     def _inference_logits(self, vector: Tensor) -> Tensor:
         """The generator as one addmm on a transposed weight padded to a multiple of 16

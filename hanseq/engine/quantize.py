@@ -30,12 +30,16 @@ class Int8Linear:
     output's scale (64 x 80 x 128, weights from U(-0.1, 0.1)); these by under 1%, at the same
     speed."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, per_row: bool = True):
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None, per_row: bool = True, scale: float | None = None
+    ):
+        """``scale``: with ``per_row=False``, the one scale to use (else this weight's own):
+        several copies of parts of one weight then share one grid (engine/columns.py)."""
         weight = weight.detach().float().cpu().contiguous()
         self.out_features = weight.size(0)
         with warnings.catch_warnings():  # torch 2.13 marks qint8 tensors deprecated (once
             warnings.simplefilter("ignore", UserWarning)  # per process; torch is pinned)
-            quantized = _quantize(weight, per_row)
+            quantized = _quantize(weight, per_row, scale)
         self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
         self.packed = torch.ops.quantized.linear_prepack(quantized, None)
         self._anchor = torch.zeros(1, weight.size(1))
@@ -57,9 +61,9 @@ class Int8Linear:
         return out if self.bias is None else out + self.bias
 
 
-def _quantize(weight: Tensor, per_row: bool) -> Tensor:
+def _quantize(weight: Tensor, per_row: bool, scale: float | None = None) -> Tensor:
     if not per_row:
-        scale = max(float(weight.abs().max()) / 127, 1e-12)
+        scale = scale or max(float(weight.abs().max()) / 127, 1e-12)
         return torch.quantize_per_tensor(weight, scale, 0, torch.qint8)
     scales = (weight.abs().amax(1) / 127).clamp(min=1e-12).double()
     zeros = torch.zeros(weight.size(0), dtype=torch.long)
