@@ -111,7 +111,10 @@ class Trainer:
                 self.model, find_unused_parameters=len(cfg.tasks) > 1
             )
         trained = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trained, lr=self.t.learning_rate)
+        # fused: one kernel per parameter for the whole update instead of ~10 elementwise
+        # passes; on this project's CPU a step over 10 M parameters took 17 ms against 114
+        # (bench/README.md, "Training throughput").
+        self.optimizer = torch.optim.Adam(trained, lr=self.t.learning_rate, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate_factor(self.t, s)
         )
