@@ -125,7 +125,7 @@ async def run(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="bundle directory (or directory of them)")
     parser.add_argument("--data", required=True, help="TSV whose first column is the input")
     parser.add_argument("--texts", type=int, default=200, help="distinct inputs")

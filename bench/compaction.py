@@ -58,7 +58,7 @@ def rows_for(pipeline: Pipeline, task: str, texts: list[str], fractions: list[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="bundle directory")
     parser.add_argument("--task", default="translate")
     parser.add_argument("--data", required=True, help="TSV whose first column is the input")

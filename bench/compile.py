@@ -30,7 +30,7 @@ from hanseq.engine.precision import describe_cpu  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="bundle directory")
     parser.add_argument("--task", default="translate")
     parser.add_argument("--data", required=True, help="TSV whose first column is the input")

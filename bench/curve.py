@@ -28,7 +28,7 @@ def bar_minutes(path: Path) -> dict[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log", type=Path, help="the run's log.jsonl")
     parser.add_argument("--progress", type=Path, help="hanseq train's captured stderr")
     args = parser.parse_args()

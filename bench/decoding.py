@@ -90,7 +90,7 @@ def rows_for(pipeline: Pipeline, cfg: Config, task: str, limit: int) -> list[lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a bundle")
     parser.add_argument("--config", type=Path, required=True, help="its training config")
     parser.add_argument("--tasks", nargs="+", help="default: every task of the bundle")

@@ -91,7 +91,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="bundle directory")
     parser.add_argument("--task", default="translate")
     parser.add_argument("--data", required=True, help="TSV whose first column is the input")

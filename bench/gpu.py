@@ -42,7 +42,7 @@ def timed(pipeline: Pipeline, task: str, texts: list[str], opts, repeats: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--config", type=Path, required=True, help="the bundle's training config")
     parser.add_argument("--device", default="cuda")

@@ -170,7 +170,7 @@ def offline_rate(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="bundle directory (or one of bundles)")
     parser.add_argument("--task", default="translate")
     parser.add_argument("--data", required=True, help="TSV whose first column is the input")

@@ -44,7 +44,7 @@ def _columns(pipeline: Pipeline, task: str, texts: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a bundle")
     parser.add_argument("--config", type=Path, required=True, help="its training config")
     parser.add_argument("--task", default="translate")

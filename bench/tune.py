@@ -164,7 +164,7 @@ def decoding(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="base training config (one task)")
     parser.add_argument("--variants", type=Path, help="YAML: name -> {dotted.key: value}")
     parser.add_argument("--minutes", type=float, default=10.0, help="budget per variant")
