@@ -3,7 +3,7 @@
 fbgemm's int8-weight, fp32-activation matrix product runs about twice as fast as fp32 on
 this project's CPU (64 rows x 512 x 1024: 0.52 against 1.01 ms). Every matrix product of a
 decoder step gets an int8 copy: the output layer (the whole vocabulary, or a shortlist's
-columns, quantized when the columns change: engine/heads.py), the LSTM cell (input and
+columns, quantized as columns first appear: engine/columns.py), the LSTM cell (input and
 recurrent weights as one product over [input, hidden]) and the attentional layer. The
 weights for training and gradients stay fp32. Scores stay within noise (bench/README.md,
 "The peer", which reports both paths; `bench/engine.py --int8` the speed at each batch size).
@@ -23,12 +23,12 @@ class Int8Linear:
 
     Weights are quantized per output row (symmetric: each row's largest magnitude is 127),
     or with one scale (``per_row=False``: packing 2,290 rows then took 1.7 ms against 8.3,
-    for copies made while decoding); activations per call, in 7 bits (``reduce_range``): on
-    AVX2 without VNNI, fbgemm adds pairs of u8 x s8 products in saturating 16-bit registers,
-    and full 8-bit activations overflow them. The older ``torch.fbgemm_linear_*`` functions
-    did not reduce the range: on this project's CPU their outputs were off by up to 30% of the
-    output's scale (64 x 80 x 128, weights from U(-0.1, 0.1)); these by under 1%, at the same
-    speed."""
+    for copies made while decoding; ``scale`` shares one across copies); activations per
+    call, in 7 bits (``reduce_range``): on AVX2 without VNNI, fbgemm adds pairs of u8 x s8
+    products in saturating 16-bit registers, and full 8-bit activations overflow them. The
+    older ``torch.fbgemm_linear_*`` functions did not reduce the range: on this project's CPU
+    their outputs were off by up to 30% of the output's scale (64 x 80 x 128, weights from
+    U(-0.1, 0.1)); these by under 1%, at the same speed."""
 
     def __init__(
         self, weight: Tensor, bias: Tensor | None, per_row: bool = True, scale: float | None = None
