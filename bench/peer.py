@@ -1,19 +1,24 @@
 """hanseq against OpenNMT-py on ko->en: same data, tokenization, size and budget; one table.
 
     make peer-venv                                   # OpenNMT-py 3.5.1 in bench/peer/.venv
-    .venv/bin/python bench/peer.py prepare --config configs/translate-single.yaml
+    .venv/bin/python bench/peer.py prepare --config configs/translate-v2.yaml
     .venv/bin/python bench/peer.py train --minutes 30
-    .venv/bin/python bench/peer.py compare --model runs/translate-single/bundle
+    .venv/bin/python bench/peer.py compare --model runs/translate-v2/bundle
+    .venv/bin/python bench/peer.py batches               # what its batches hold
+    .venv/bin/python bench/peer.py step-cost --model runs/translate-v2/bundle
 
 ``prepare`` writes the translate train/valid splits of a hanseq config, tokenized by that
 run's own tokenizers (``<output_dir>/vocab``, written when its training starts), plus the
 vocabularies and an OpenNMT-py config for the same architecture as the hanseq model: biLSTM
 encoder, LSTM decoder with global "general" attention, input feeding, a bridge, tied decoder
-embeddings. ``train`` runs onmt_train under the same wall-clock budget and keeps the last
-checkpoint. ``compare`` decodes the same valid inputs with both (hanseq also with int8 decoder
-products, and with the bundle's vocabulary shortlist when it has one, fp32 and int8), greedy
-and beam 5, and prints BLEU, chrF, sentences/s, parameter counts and the ratios as a Markdown
-table (issue #6 targets: hanseq >= OpenNMT-py + 2 BLEU and >= 3x its sentences/s at the same beam).
+embeddings; one OpenNMT-py corpus per origin weight, weighted to draw as hanseq does, read in
+buckets that hold no repeated pair (``batches`` shows why). ``train`` runs onmt_train under
+the same wall-clock budget and keeps the last checkpoint. ``compare`` decodes the same valid
+inputs with both (hanseq also with int8 decoder products, and with the bundle's vocabulary
+shortlist when it has one, fp32 and int8), greedy and beam 5, and prints BLEU, chrF,
+sentences/s, parameter counts and the ratios as a Markdown table. ``step-cost`` times one
+training step of each on the same random batch shape: what a step costs apart from what each
+data pipeline puts in its batches.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from hanseq.engine.metrics import bleu, chrf  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
 from hanseq.engine.pointer import copy_maps  # noqa: E402
+from hanseq.engine.precision import describe_cpu  # noqa: E402
 from hanseq.engine.quantize import quantize_decoders  # noqa: E402
 from hanseq.engine.vocabulary import SPECIALS  # noqa: E402
 
@@ -50,6 +56,7 @@ HERE = Path(__file__).resolve().parent
 PEER = HERE / "peer" / ".venv" / "bin"
 DEFAULT_WORK = HERE.parent / "runs" / "peer"
 TASK = "translate"
+BUCKET = 32_768  # OpenNMT-py examples sorted by length at a time (its default 262,144)
 
 
 def run_dir(cfg: Config) -> Path:
@@ -121,7 +128,8 @@ def _onmt_config(cfg: Config, work: Path, data: dict) -> dict:
         "tgt_vocab_size": 100000,
         "data": data,
         "save_model": str(work / "model"),
-        "save_checkpoint_steps": t.valid_every,
+        # often enough that the budget's end loses few steps (train stops it by a signal)
+        "save_checkpoint_steps": 100,
         "keep_checkpoint": 2,
         "valid_steps": t.valid_every,
         "seed": t.seed,
@@ -151,6 +159,14 @@ def _onmt_config(cfg: Config, work: Path, data: dict) -> dict:
         "valid_batch_size": t.batch_size,
         "train_steps": 1_000_000,  # the wall-clock budget stops it
         "report_every": 50,
+        # Like for like with hanseq's sampler (bench/README.md, "What OpenNMT-py drops"): its
+        # batcher skips a source already in the batch it is building, and its default bucket
+        # (262,144 weighted draws, sorted by length) holds several copies of the upweighted
+        # pairs, so it dropped the copies of long pairs (few share their length) and kept the
+        # short ones'. A bucket shorter than any corpus' cycle holds no copies; one process
+        # reads the data, so each toolkit has one core.
+        "bucket_size": BUCKET,
+        "num_workers": 0,
     }
 
 
@@ -229,38 +245,77 @@ def _int8(bundle) -> Pipeline:
     return Pipeline.from_bundle(quantized)
 
 
-def step_cost(model: Path, work: Path, src_len: int, tgt_len: int) -> None:
+def step_cost(
+    model: Path, work: Path, src_len: int, tgt_len: int, repeats: int, bf16: bool
+) -> None:
     """ms per training step of both toolkits on random batches of one shape (64 sentences):
-    what a step costs apart from what each data pipeline puts in its batches."""
+    what a step costs apart from what each data pipeline puts in its batches. Every system
+    once a round, medians of the rounds; ``bf16`` adds hanseq under bf16 autocast (fast only
+    where the CPU has AMX or AVX512-BF16: the trainer's ``mixed_precision: auto`` picks it
+    there)."""
     torch.set_num_threads(1)
     bundle = load_bundle(model)
-    rows = []
+    systems = {}
     for copy_heads in (True, False):
         cfg = copy.deepcopy(bundle.model_cfg)
         cfg.copy = copy_heads
         source, target = bundle.source.vocab, bundle.targets[TASK].vocab
         net = build_model(cfg, len(source), {TASK: len(target)}, copy_maps(source, {TASK: target}))
-        rows.append(
-            (f"hanseq{' copy heads' if copy_heads else ''}", _hanseq_step(net, src_len, tgt_len))
-        )
-    command = [
-        str(PEER / "python"),
-        str(HERE / "peer" / "onmt_step.py"),
-        str(last_checkpoint(work)),
-    ]
-    done = subprocess.run(
-        [*command, str(src_len), str(tgt_len)], capture_output=True, text=True, check=True
-    )
-    rows.append(("OpenNMT-py", json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"]))
+        name = f"hanseq{' copy heads' if copy_heads else ''}"
+        systems[name] = (net, None)
+        if bf16:
+            systems[f"{name} bf16"] = (net, torch.bfloat16)
+    command = [str(PEER / "python"), str(HERE / "peer" / "onmt_step.py")]
+    command += [str(last_checkpoint(work)), str(src_len), str(tgt_len)]
+    times: dict[str, list[float]] = {name: [] for name in [*systems, "OpenNMT-py"]}
+    for _ in range(repeats):
+        for name, (net, dtype) in systems.items():
+            times[name].append(_hanseq_step(net, src_len, tgt_len, dtype))
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        times["OpenNMT-py"].append(json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"])
+    ms = {name: statistics.median(t) for name, t in times.items()}
     print(
-        f"training step, 64 x {src_len} source x {tgt_len} target pieces, one thread, "
-        "teacher forcing\n"
+        f"training step, 64 x {src_len} source x {tgt_len} target pieces, one thread, teacher "
+        f"forcing, medians of {repeats} rounds; CPU: {describe_cpu()}\n"
     )
-    print("| system | ms/step |\n|---|---|")
-    print("\n".join(f"| {name} | {ms:.0f} |" for name, ms in rows))
+    print("| system | ms/step | target tokens/s | vs OpenNMT-py |\n|---|---|---|---|")
+    for name, value in ms.items():
+        rate = 64 * tgt_len / (value / 1000)
+        print(f"| {name} | {value:.0f} | {rate:,.0f} | {ms['OpenNMT-py'] / value:.2f}x |")
 
 
-def _hanseq_step(net, src_len: int, tgt_len: int, steps: int = 20) -> float:
+def batches(work: Path, buckets: int) -> None:
+    """What OpenNMT-py's batches hold against what its mixer drew: with its defaults (as the
+    earlier peer runs trained) and as ``prepare`` now configures it."""
+    settings = [
+        ("defaults: bucket 262,144, 2 workers", 262_144, 2),
+        (f"peer.py: bucket {BUCKET:,}, 1 process", BUCKET, 1),
+    ]
+    rows = []
+    for name, bucket, workers in settings:
+        command = [str(PEER / "python"), str(HERE / "peer" / "onmt_batches.py")]
+        args = [str(work / "onmt.yaml"), str(buckets), str(bucket), str(workers)]
+        done = subprocess.run([*command, *args], capture_output=True, text=True, check=True)
+        counts = json.loads(done.stdout.strip().splitlines()[-1])
+        d, b = counts["drawn"], counts["batched"]
+        dropped = 1 - b["examples"] / d["examples"]
+        rows.append(
+            f"| {name} | {d['examples']:,} | {d['src'] / d['examples']:.2f} / "
+            f"{d['tgt'] / d['examples']:.2f} | {b['examples']:,} | "
+            f"{b['src'] / b['examples']:.2f} / {b['tgt'] / b['examples']:.2f} | {dropped:.1%} |"
+        )
+    print(f"OpenNMT-py's training iterator, {work / 'onmt.yaml'}, first {buckets} bucket(s)\n")
+    print(
+        "| setting | examples drawn | drawn source / target pieces a sentence | examples "
+        "batched | batched source / target pieces a sentence | dropped |"
+    )
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def _hanseq_step(
+    net, src_len: int, tgt_len: int, dtype: torch.dtype | None, steps: int = 20
+) -> float:
     net.train()
     torch.manual_seed(0)
     src = torch.randint(10, 8000, (64, src_len))
@@ -268,11 +323,12 @@ def _hanseq_step(net, src_len: int, tgt_len: int, steps: int = 20) -> float:
     tgt = torch.randint(10, 8000, (64, tgt_len))
     keep = torch.ones(64, tgt_len, dtype=torch.bool)
     gold = torch.randint(10, 8000, (64 * tgt_len,))
-    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as the trainer's
 
     def step() -> None:
-        logits = net(TASK, src, lengths, tgt, 1.0, keep)
-        loss = torch.nn.functional.cross_entropy(logits, gold, label_smoothing=0.1)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = net(TASK, src, lengths, tgt, 1.0, keep)
+            loss = torch.nn.functional.cross_entropy(logits, gold, label_smoothing=0.1)
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -340,7 +396,7 @@ def _table(
         f"ko->en valid, first {n} sentences; batch 64; {threads} thread(s); median of "
         f"{repeats} rounds; "
         f"length penalty {alpha}; parameters: hanseq {params['hanseq']:,}, "
-        f"OpenNMT-py {params['OpenNMT-py']:,}",
+        f"OpenNMT-py {params['OpenNMT-py']:,}; CPU: {describe_cpu()}",
         "",
         "| beam | system | BLEU | chrF | sentences/s |",
         "|---|---|---|---|---|",
@@ -366,7 +422,7 @@ def _table(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="peer files (runs/peer)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -382,17 +438,23 @@ def main() -> None:
     c.add_argument(
         "--repeats", type=int, default=3, help="timed rounds of every system; medians shown"
     )
+    b = sub.add_parser("batches", help="what OpenNMT-py's batches hold against its draws")
+    b.add_argument("--buckets", type=int, default=1, help="buckets read per setting")
     s = sub.add_parser("step-cost", help="ms per training step of both on equal batches")
     s.add_argument("--model", type=Path, required=True, help="a hanseq bundle (its sizes)")
     s.add_argument("--src-len", type=int, default=13)
     s.add_argument("--tgt-len", type=int, default=12)
+    s.add_argument("--repeats", type=int, default=3, help="rounds of every system; medians")
+    s.add_argument("--bf16", action="store_true", help="hanseq under bf16 autocast too")
     args = parser.parse_args()
     if not (PEER / "onmt_train").exists():
         sys.exit(f"{PEER.parent}: no OpenNMT-py venv; run `make peer-venv` first")
     if args.command == "prepare":
         prepare(args.config, args.work)
+    elif args.command == "batches":
+        batches(args.work, args.buckets)
     elif args.command == "step-cost":
-        step_cost(args.model, args.work, args.src_len, args.tgt_len)
+        step_cost(args.model, args.work, args.src_len, args.tgt_len, args.repeats, args.bf16)
     elif args.command == "train":
         train(args.work, args.minutes, args.threads)
     else:
