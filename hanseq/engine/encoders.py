@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hanseq.engine.config import ModelConfig
+from hanseq.engine.precision import cpu_has_bf16
 from hanseq.engine.vocabulary import PAD_ID
 
 
@@ -49,7 +52,8 @@ class RecurrentEncoder(Encoder):
         """src: batch x src_len ids; src_len: batch (every length >= 1)."""
         x = self.dropout(self.embed(src))
         packed = pack_padded_sequence(x, src_len.cpu(), batch_first=True, enforce_sorted=False)
-        out, hidden = self.rnn(packed)
+        with _fp32_rnn() if torch.is_autocast_enabled("cpu") else nullcontext():
+            out, hidden = self.rnn(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         h, c = hidden if isinstance(hidden, tuple) else (hidden, None)
         return EncoderOutput(
@@ -68,3 +72,15 @@ class RecurrentEncoder(Encoder):
 
 def build_encoder(cfg: ModelConfig, vocab_size: int) -> Encoder:
     return RecurrentEncoder(cfg, vocab_size)
+
+
+def _fp32_rnn() -> AbstractContextManager:
+    """Under CPU autocast: the RNN in fp32 where the CPU lacks bf16 units. oneDNN's bf16 LSTM
+    needs them (on an AVX2-only CPU ``mixed_precision: bf16`` failed to create its primitive);
+    the rest of the step stays in bf16."""
+    return nullcontext() if _has_bf16() else torch.autocast("cpu", enabled=False)
+
+
+@functools.cache
+def _has_bf16() -> bool:
+    return cpu_has_bf16()
