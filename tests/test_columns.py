@@ -33,7 +33,7 @@ def test_fp32_matches_the_columns_gathered_afresh(linear):
 
 def test_only_the_missing_columns_are_packed(linear):
     weight, bias = linear
-    gen = ColumnGenerator(weight, bias, int8=False)
+    gen = ColumnGenerator(weight, bias, int8=False, slack=1.5, max_parts=4)  # int8's defaults
     x = torch.randn(2, SIZE)
     first, second = _columns((0, 100)), _columns((0, 100), (200, 230))
     gen(x, first)
@@ -53,6 +53,15 @@ def test_parts_are_bounded(linear):
         cols = _columns((0, end))
         assert torch.allclose(gen(x, cols), x @ weight[cols].t() + bias[cols], atol=1e-6)
     assert len(gen.parts) == 1 and gen.held.numel() == 130
+
+
+def test_fp32_gathers_each_new_set_whole_by_default(linear):
+    weight, bias = linear
+    gen = ColumnGenerator(weight, bias, int8=False)
+    x = torch.randn(2, SIZE)
+    for cols in (_columns((0, 100)), _columns((0, 100), (200, 230)), _columns((10, 100))):
+        assert torch.allclose(gen(x, cols), x @ weight[cols].t() + bias[cols], atol=1e-6)
+        assert len(gen.parts) == 1 and torch.equal(gen.held, cols)
 
 
 def test_same_columns_tensor_is_not_looked_up_again(linear):
