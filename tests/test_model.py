@@ -160,3 +160,18 @@ def test_rows_sharing_a_source_step_as_over_copies_of_it(variant, shortlist):
             assert torch.allclose(shared, copied, atol=1e-5, equal_nan=True)
             assert torch.allclose(w1, w2, atol=1e-6)
             prev = memory.token_ids(shared.argmax(-1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_pass_equals_stepping_through_the_gold_inputs(variant):
+    """unroll (training: an LSTM's embedding gates in one product for all steps) gives the
+    logits that step() gives fed the same inputs one at a time."""
+    model = tiny(**variant)
+    src, src_len = batch(pad_to=5)
+    tgt = torch.tensor([[BOS_ID, 5, 6, 7], [BOS_ID, 8, 9, PAD_ID]])
+    full = model("a", src, src_len, tgt)
+    head = model.head("a")
+    memory, state = head.prepare(model.encode(src, src_len))
+    for t in range(tgt.size(1)):
+        out, state, _ = head.step(tgt[:, t], state, memory)
+        assert torch.allclose(head.log_probs(out), head.log_probs(full[:, t]), atol=1e-5)

@@ -172,26 +172,45 @@ class RecurrentDecoder(nn.Module):
 
         The inputs are embedded in one lookup: on the CPU, the backward of each per-step
         lookup zero-fills a vocabulary-sized gradient, and those fills were a third of a
-        training step."""
+        training step. An LSTM's gates from the embeddings are one product over all steps
+        too (``_embedded_gates``): only the input feed and the recurrent state are per step."""
+        embedded = self.dropout(self.embed(inputs))
+        gates, rest = self._embedded_gates(embedded)
         vectors, weights = [], []
         # unbind, not [:, t]: the backward of each slice would zero-fill the whole sequence
-        for embedded in self.dropout(self.embed(inputs)).unbind(1):
-            vector, state, w = self._advance(embedded, state, memory)
+        for t, step_input in enumerate(embedded.unbind(1)):
+            pre = None if gates is None else (gates[t], rest)
+            vector, state, w = self._advance(step_input, state, memory, pre)
             vectors.append(vector)
             weights.append(w)
         return torch.stack(vectors, 1), torch.stack(weights, 1)
 
+    def _embedded_gates(self, embedded: Tensor) -> tuple[tuple[Tensor, ...] | None, Tensor]:
+        """The first LSTM layer's gates from the embedded inputs, both biases in, per step:
+        one batch*steps-row product instead of a 64-row one each step (bench/README.md,
+        "Training throughput"); and the weights of the rest of its input and of its state,
+        side by side, for one product a step. None for a GRU, whose cell takes its input
+        whole."""
+        w_ih, w_hh = self.rnn.weight_ih_l0, self.rnn.weight_hh_l0
+        if self.cfg.rnn != "lstm":
+            return None, w_hh
+        size, bias = self.cfg.embedding_dim, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0
+        gates = F.linear(embedded, w_ih[:, :size], bias).unbind(1)
+        return gates, torch.cat([w_ih[:, size:], w_hh], 1).t()
+
     def _advance(
-        self, embedded: Tensor, state: DecoderState, memory: Memory
+        self, embedded: Tensor, state: DecoderState, memory: Memory, pre: Pre | None = None
     ) -> tuple[Tensor, DecoderState, Tensor]:
-        inputs = [embedded]
+        """``pre``: the first layer's gates from ``embedded`` and the weights for the rest
+        (unroll); ``embedded`` is then not an input of the cell again."""
+        inputs = [] if pre is not None else [embedded]
         if self.cfg.input_feeding:
             inputs.append(state.feed)
         summary = []
         if self.cfg.peeky:  # one per row (a beam's rows share their source's memory)
             share = embedded.size(0) // memory.summary.size(0)
             summary = [memory.summary.repeat_interleave(share, 0)]
-        out, hidden = self._rnn_step(torch.cat(inputs + summary, -1), state.hidden)
+        out, hidden = self._rnn_step(_cat(inputs + summary, embedded), state.hidden, pre)
         context, weights = self.attention(out, memory.keys, memory.values, memory.mask)
         parts = [out, context, *summary]
         int8 = self.int8 is not None and not torch.is_grad_enabled()
@@ -199,9 +218,11 @@ class RecurrentDecoder(nn.Module):
         vector = self.dropout(torch.tanh(combine(torch.cat(parts, -1))))
         return vector, DecoderState(hidden, vector), weights
 
-    def _rnn_step(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+    def _rnn_step(self, x: Tensor, hidden: Hidden, pre: Pre | None = None) -> tuple[Tensor, Hidden]:
         """One time step through every layer with the fused cell kernels and the weights of
-        ``self.rnn``: nn.LSTM on a length-1 sequence costs ~4x more per step at batch 1."""
+        ``self.rnn``: nn.LSTM on a length-1 sequence costs ~4x more per step at batch 1.
+        With ``pre`` (the first layer's gates from the embedding) ``x`` is the rest of that
+        layer's input."""
         lstm = isinstance(hidden, tuple)
         int8 = self.int8 is not None and self.int8.cells and not torch.is_grad_enabled()
         hs, cs = [], []
@@ -210,6 +231,9 @@ class RecurrentDecoder(nn.Module):
             if lstm and int8:
                 cell = self.int8.cells[layer]  # type: ignore[union-attr]
                 h, c = cell(x, hidden[0][layer], hidden[1][layer])
+                cs.append(c)
+            elif lstm and layer == 0 and pre is not None:
+                h, c = _lstm_rest(*pre, x, hidden[0][0], hidden[1][0])
                 cs.append(c)
             elif lstm:
                 h, c = torch.lstm_cell(x, (hidden[0][layer], hidden[1][layer]), *weights)
@@ -225,6 +249,24 @@ class RecurrentDecoder(nn.Module):
 
 
 _RNN_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+Pre = tuple[Tensor, Tensor]  # an LSTM step's gates from its embedding, the rest's weights
+
+
+def _cat(parts: list[Tensor], like: Tensor) -> Tensor:
+    """The parts side by side; no parts (an LSTM's embedding gates precomputed, no input feed
+    or summary): a batch x 0 input."""
+    return torch.cat(parts, -1) if parts else like.new_zeros(like.size(0), 0)
+
+
+def _lstm_rest(
+    gates: Tensor, weight: Tensor, x: Tensor, h: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """An LSTM cell given its gates from the embedding (both biases in): the rest of its input
+    ``x`` and the state ``h`` add theirs in one product with ``weight`` ([x, h] x gates)."""
+    gates = torch.addmm(gates, torch.cat([x, h], -1), weight)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, enc_size: int) -> RecurrentDecoder:
