@@ -88,6 +88,7 @@ def prepare(cfg_path: Path, work: Path) -> None:
             "path_tgt": str(work / f"train.{name}.tgt"),
             "weight": max(1, round(len(examples) * weight / 1000)),
         }
+    _warn_if_bucket_repeats(groups, data)
     valid, _ = read_tsv(root / task.valid)
     _write_pairs(work / "valid", valid, source, target, cfg)
     (work / "valid.raw").write_text("".join(f"{ex.source}\t{ex.target}\n" for ex in valid))
@@ -96,6 +97,17 @@ def prepare(cfg_path: Path, work: Path) -> None:
     _write_vocab(work / "vocab.tgt", target)
     (work / "onmt.yaml").write_text(yaml.safe_dump(_onmt_config(cfg, work, data), sort_keys=False))
     print(f"wrote {work}: {len(train)} training pairs in {len(groups)} corpora, {len(valid)} valid")
+
+
+def _warn_if_bucket_repeats(groups: dict[str, list], data: dict[str, dict]) -> None:
+    """OpenNMT-py's mixer takes ``weight`` examples of each corpus in turn: a corpus comes round
+    again after len / weight turns. A bucket longer than that holds copies of its pairs, and
+    the batcher drops the long ones' (``batches`` shows it)."""
+    per_turn = sum(d["weight"] for d in data.values())
+    name = min(groups, key=lambda n: len(groups[n]) / data[n]["weight"])
+    cycle = len(groups[name]) / data[name]["weight"] * per_turn
+    if cycle < BUCKET:
+        print(f"warning: {name} repeats every {cycle:,.0f} draws, within a bucket of {BUCKET:,}")
 
 
 def _group(origin: str, weights: dict[str, float]) -> str:
