@@ -187,15 +187,15 @@ class RecurrentDecoder(nn.Module):
 
     def _embedded_gates(self, embedded: Tensor) -> tuple[tuple[Tensor, ...] | None, Tensor]:
         """The first LSTM layer's gates from the embedded inputs, both biases in, per step:
-        one batch*steps-row product instead of a 64-row one each step (bench/README.md,
-        "Training throughput"); and the weights of the rest of its input and of its state,
-        side by side, for one product a step. None for a GRU, whose cell takes its input
-        whole."""
-        w_ih, w_hh = self.rnn.weight_ih_l0, self.rnn.weight_hh_l0
+        one batch*steps-row product instead of a 64-row one each step (bench/README.md, "The
+        peer", v2: training throughput); and the weights of the rest of its input and of its
+        state, side by side, for one product a step. None for a GRU, whose cell takes its
+        input whole."""
+        w_ih, w_hh, b_ih, b_hh = [getattr(self.rnn, f"{name}_l0") for name in _RNN_WEIGHTS]
         if self.cfg.rnn != "lstm":
             return None, w_hh
-        size, bias = self.cfg.embedding_dim, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0
-        gates = F.linear(embedded, w_ih[:, :size], bias).unbind(1)
+        size = self.cfg.embedding_dim
+        gates = F.linear(embedded, w_ih[:, :size], b_ih + b_hh).unbind(1)
         return gates, torch.cat([w_ih[:, size:], w_hh], 1).t()
 
     def _advance(

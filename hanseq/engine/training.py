@@ -113,7 +113,7 @@ class Trainer:
         trained = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel per parameter for the whole update instead of ~10 elementwise
         # passes; on this project's CPU a step over 10 M parameters took 17 ms against 114
-        # (bench/README.md, "Training throughput").
+        # (bench/README.md, "The peer", v2: training throughput).
         self.optimizer = torch.optim.Adam(trained, lr=self.t.learning_rate, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate_factor(self.t, s)
