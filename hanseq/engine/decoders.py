@@ -228,12 +228,12 @@ class RecurrentDecoder(nn.Module):
         hs, cs = [], []
         for layer in range(self.cfg.decoder_layers):
             weights = [getattr(self.rnn, f"{name}_l{layer}") for name in _RNN_WEIGHTS]
-            if lstm and int8:
+            if lstm and layer == 0 and pre is not None:  # unroll's, whatever int8 holds
+                h, c = _lstm_rest(*pre, x, hidden[0][0], hidden[1][0])
+                cs.append(c)
+            elif lstm and int8:
                 cell = self.int8.cells[layer]  # type: ignore[union-attr]
                 h, c = cell(x, hidden[0][layer], hidden[1][layer])
-                cs.append(c)
-            elif lstm and layer == 0 and pre is not None:
-                h, c = _lstm_rest(*pre, x, hidden[0][0], hidden[1][0])
                 cs.append(c)
             elif lstm:
                 h, c = torch.lstm_cell(x, (hidden[0][layer], hidden[1][layer]), *weights)
