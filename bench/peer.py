@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hanseq.engine.bundle import Side, load_bundle  # noqa: E402
 from hanseq.engine.config import Config, load_config  # noqa: E402
 from hanseq.engine.data import read_tsv  # noqa: E402
+from hanseq.engine.distributed import autocast  # noqa: E402
 from hanseq.engine.heads import build_model  # noqa: E402
 from hanseq.engine.metrics import bleu, chrf  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
@@ -277,14 +278,12 @@ def step_cost(
         systems[name] = (net, None)
         if bf16:
             systems[f"{name} bf16"] = (net, torch.bfloat16)
-    command = [str(PEER / "python"), str(HERE / "peer" / "onmt_step.py")]
-    command += [str(last_checkpoint(work)), str(src_len), str(tgt_len)]
+    args = [str(last_checkpoint(work)), str(src_len), str(tgt_len)]
     times: dict[str, list[float]] = {name: [] for name in [*systems, "OpenNMT-py"]}
     for _ in range(repeats):
         for name, (net, dtype) in systems.items():
             times[name].append(_hanseq_step(net, src_len, tgt_len, dtype))
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        times["OpenNMT-py"].append(json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"])
+        times["OpenNMT-py"].append(_peer_json("onmt_step.py", args)["ms_per_step"])
     ms = {name: statistics.median(t) for name, t in times.items()}
     print(
         f"training step, 64 x {src_len} source x {tgt_len} target pieces, one thread, teacher "
@@ -305,10 +304,8 @@ def batches(work: Path, buckets: int) -> None:
     ]
     rows = []
     for name, bucket, workers in settings:
-        command = [str(PEER / "python"), str(HERE / "peer" / "onmt_batches.py")]
         args = [str(work / "onmt.yaml"), str(buckets), str(bucket), str(workers)]
-        done = subprocess.run([*command, *args], capture_output=True, text=True, check=True)
-        counts = json.loads(done.stdout.strip().splitlines()[-1])
+        counts = _peer_json("onmt_batches.py", args)
         d, b = counts["drawn"], counts["batched"]
         dropped = 1 - b["examples"] / d["examples"]
         rows.append(
@@ -338,7 +335,7 @@ def _hanseq_step(
     optim = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as the trainer's
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast(dtype, torch.device("cpu")):  # as the trainer enters it
             logits = net(TASK, src, lengths, tgt, 1.0, keep)
             loss = torch.nn.functional.cross_entropy(logits, gold, label_smoothing=0.1)
         optim.zero_grad()
@@ -354,13 +351,18 @@ def _hanseq_step(
     return (time.perf_counter() - start) / steps * 1000
 
 
+def _peer_json(script: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run one of bench/peer/'s scripts in the peer venv; its last stdout line, as JSON."""
+    command = [str(PEER / "python"), str(HERE / "peer" / script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _onmt_decode(
     checkpoint: Path, work: Path, beam: int, threads: int, alpha: float
 ) -> tuple[list[str], float]:
     out = work / f"compare.beam{beam}.out"
-    command = [
-        str(PEER / "python"),
-        str(HERE / "peer" / "onmt_decode.py"),
+    args = [
         *("-model", str(checkpoint), "-src", str(work / "compare.src"), "-output", str(out)),
         *("-beam_size", str(beam), "-batch_size", "64", "-max_length", "80"),
         *("-threads", str(threads)),
@@ -372,8 +374,7 @@ def _onmt_decode(
         ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    seconds = _peer_json("onmt_decode.py", args, env)["seconds"]
     return out.read_text().splitlines(), seconds
 
 

@@ -175,25 +175,25 @@ class RecurrentDecoder(nn.Module):
         training step. An LSTM's gates from the embeddings are one product over all steps
         too (``_embedded_gates``): only the input feed and the recurrent state are per step."""
         embedded = self.dropout(self.embed(inputs))
-        gates, rest = self._embedded_gates(embedded)
+        split = self._embedded_gates(embedded)
         vectors, weights = [], []
         # unbind, not [:, t]: the backward of each slice would zero-fill the whole sequence
         for t, step_input in enumerate(embedded.unbind(1)):
-            pre = None if gates is None else (gates[t], rest)
+            pre = None if split is None else (split[0][t], split[1])
             vector, state, w = self._advance(step_input, state, memory, pre)
             vectors.append(vector)
             weights.append(w)
         return torch.stack(vectors, 1), torch.stack(weights, 1)
 
-    def _embedded_gates(self, embedded: Tensor) -> tuple[tuple[Tensor, ...] | None, Tensor]:
+    def _embedded_gates(self, embedded: Tensor) -> tuple[tuple[Tensor, ...], Tensor] | None:
         """The first LSTM layer's gates from the embedded inputs, both biases in, per step:
         one batch*steps-row product instead of a 64-row one each step (bench/README.md, "The
         peer", v2: training throughput); and the weights of the rest of its input and of its
         state, side by side, for one product a step. None for a GRU, whose cell takes its
         input whole."""
-        w_ih, w_hh, b_ih, b_hh = [getattr(self.rnn, f"{name}_l0") for name in _RNN_WEIGHTS]
         if self.cfg.rnn != "lstm":
-            return None, w_hh
+            return None
+        w_ih, w_hh, b_ih, b_hh = [getattr(self.rnn, f"{name}_l0") for name in _RNN_WEIGHTS]
         size = self.cfg.embedding_dim
         gates = F.linear(embedded, w_ih[:, :size], b_ih + b_hh).unbind(1)
         return gates, torch.cat([w_ih[:, size:], w_hh], 1).t()
