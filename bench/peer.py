@@ -49,8 +49,8 @@ from hanseq.engine.metrics import bleu, chrf  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
 from hanseq.engine.pointer import copy_maps  # noqa: E402
-from hanseq.engine.precision import describe_cpu  # noqa: E402
-from hanseq.engine.quantize import quantize_decoders  # noqa: E402
+from hanseq.engine.precision import CHOICES, Choice, choose, describe_cpu  # noqa: E402
+from hanseq.engine.precision import prepare as in_precision  # noqa: E402
 from hanseq.engine.vocabulary import SPECIALS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -215,15 +215,24 @@ def compare(
     beams: list[int],
     alpha: float,
     repeats: int = 3,
+    precisions: tuple[str, ...] = ("fp32", "int8", "auto"),
 ) -> None:
+    """Both toolkits decode the first ``limit`` valid inputs; hanseq at each of ``precisions``
+    (``auto`` as the server picks on this CPU), over the whole vocabulary and the shortlist."""
     torch.set_num_threads(threads)
     bundle = load_bundle(model, shortlist=False)
     pipeline = Pipeline.from_bundle(bundle)
-    systems = {"hanseq": pipeline, "hanseq int8": _int8(bundle)}
     shortlisted = load_bundle(model)
+    kinds = {"hanseq": bundle}
     if shortlisted.model.head(TASK).lexicon is not None:
-        systems["hanseq shortlist"] = Pipeline.from_bundle(shortlisted)
-        systems["hanseq shortlist int8"] = _int8(shortlisted)
+        kinds["hanseq shortlist"] = shortlisted
+    default = choose("auto", "cpu")
+    chosen = list(dict.fromkeys(choose(p, "cpu").precision for p in precisions))
+    systems = {
+        f"{kind} {precision}": _at(loaded, precision)
+        for kind, loaded in kinds.items()
+        for precision in chosen
+    }
     sources = (work / "valid.src").read_text().splitlines()
     cfg_valid = [line.split("\t") for line in (work / "valid.raw").read_text().splitlines()]
     n = min(limit or len(sources), len(sources))
@@ -248,14 +257,16 @@ def compare(
             seconds["OpenNMT-py"].append(theirs_s)
         rows += [(beam, name, outputs[name], statistics.median(seconds[name])) for name in seconds]
     params = {"hanseq": _hanseq_params(bundle), "OpenNMT-py": _onmt_params(checkpoint)}
-    print(_table(rows, refs, params, n, threads, alpha, repeats))
+    print(_table(rows, refs, params, n, threads, alpha, repeats, default))
 
 
-def _int8(bundle) -> Pipeline:
-    """A pipeline over an int8 copy of ``bundle``'s model (the fp32 one stays as it is)."""
-    quantized = copy.deepcopy(bundle)
-    quantize_decoders(quantized.model)
-    return Pipeline.from_bundle(quantized)
+def _at(bundle, precision: str) -> Pipeline:
+    """A pipeline over a copy of ``bundle``'s model in ``precision`` (the fp32 one stays)."""
+    if precision == "fp32":
+        return Pipeline.from_bundle(bundle)
+    converted = copy.deepcopy(bundle)
+    in_precision(converted.model, precision)
+    return Pipeline.from_bundle(converted)
 
 
 def step_cost(
@@ -403,13 +414,21 @@ def _onmt_params(checkpoint: Path) -> int:
 
 
 def _table(
-    rows: list, refs: list[str], params: dict, n: int, threads: int, alpha: float, repeats: int
+    rows: list,
+    refs: list[str],
+    params: dict,
+    n: int,
+    threads: int,
+    alpha: float,
+    repeats: int,
+    default: Choice,
 ) -> str:
     lines = [
         f"ko->en valid, first {n} sentences; batch 64; {threads} thread(s); median of "
         f"{repeats} rounds; "
         f"length penalty {alpha}; parameters: hanseq {params['hanseq']:,}, "
-        f"OpenNMT-py {params['OpenNMT-py']:,}; CPU: {describe_cpu()}",
+        f"OpenNMT-py {params['OpenNMT-py']:,}; CPU: {describe_cpu()}; hanseq's default "
+        f"precision here: {default.precision} ({default.why})",
         "",
         "| beam | system | BLEU | chrF | sentences/s |",
         "|---|---|---|---|---|",
@@ -451,6 +470,13 @@ def main() -> None:
     c.add_argument(
         "--repeats", type=int, default=3, help="timed rounds of every system; medians shown"
     )
+    c.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=CHOICES,
+        default=["fp32", "int8", "auto"],
+        help="hanseq's decoding number formats (engine/precision.py; auto: as the server picks)",
+    )
     b = sub.add_parser("batches", help="what OpenNMT-py's batches hold against its draws")
     b.add_argument("--buckets", type=int, default=1, help="buckets read per setting")
     s = sub.add_parser("step-cost", help="ms per training step of both on equal batches")
@@ -479,6 +505,7 @@ def main() -> None:
             args.beams,
             args.length_penalty,
             args.repeats,
+            tuple(args.precisions),
         )
 
 

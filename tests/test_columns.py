@@ -6,7 +6,7 @@ import torch
 
 from hanseq.engine import quantize
 from hanseq.engine.columns import ColumnGenerator
-from hanseq.engine.quantize import Int8Linear
+from hanseq.engine.quantize import Int8Linear, backend
 
 VOCAB, SIZE = 600, 32
 
@@ -76,8 +76,8 @@ def test_same_columns_tensor_is_not_looked_up_again(linear):
 
 @pytest.mark.skipif(not quantize.available(), reason="no int8 engine in this torch build")
 def test_int8_logits_do_not_depend_on_what_was_packed_before(linear):
-    """One grid for every column: a column's logits are bit-identical whichever part holds it
-    and whichever other columns share the batch."""
+    """One grid for every column: a column's logits are the same (fbgemm: bit for bit)
+    whichever part holds it and whichever other columns share the batch."""
     weight, bias = linear
     x = torch.randn(4, SIZE)
     target = _columns((100, 160))
@@ -88,5 +88,8 @@ def test_int8_logits_do_not_depend_on_what_was_packed_before(linear):
         gen = ColumnGenerator(weight, bias, int8=True, slack=100)
         for cols in history:
             gen(x, cols)
-        assert torch.equal(gen(x, target), alone)
+        if backend() == "fbgemm":
+            assert torch.equal(gen(x, target), alone)
+        else:  # oneDNN's kernels round the dequantized sums by shape (tests/test_quantize.py)
+            assert (gen(x, target) - alone).abs().max() < 1e-6 * alone.abs().max()
     assert torch.allclose(alone, x @ weight[target].t() + bias[target], atol=0.02)

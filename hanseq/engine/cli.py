@@ -100,6 +100,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-steps", type=int, help="override training.max_steps")
     p.add_argument("--output-dir", help="override training.output_dir")
+    p.add_argument(
+        "--mixed-precision",
+        choices=("auto", "off", "bf16", "fp16"),
+        help="override training.mixed_precision (auto: bf16 on CPUs with AMX/AVX512-BF16)",
+    )
 
     p = sub.add_parser("generate", help="one output line per input line (stdin -> stdout)")
     p.add_argument("--model", required=True, help="bundle directory")
@@ -195,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.training.max_steps = args.max_steps
     if args.output_dir:
         cfg.training.output_dir = str(Path(args.output_dir).resolve())
+    if args.mixed_precision:
+        cfg.training.mixed_precision = args.mixed_precision
     train(cfg, resume=not args.no_resume)
     return 0
 

@@ -1,21 +1,49 @@
 """int8 decoder products for CPU decoding (an option: ``quantize_decoders(model)``).
 
-fbgemm's int8-weight, fp32-activation matrix product runs about twice as fast as fp32 on
-this project's CPU (64 rows x 512 x 1024: 0.52 against 1.01 ms). Every matrix product of a
-decoder step gets an int8 copy: the output layer (the whole vocabulary, or a shortlist's
-columns, quantized as columns first appear: engine/columns.py), the LSTM cell (input and
-recurrent weights as one product over [input, hidden]) and the attentional layer. The
-weights for training and gradients stay fp32. Scores stay within noise (bench/README.md,
-"The peer", which reports both paths; `bench/engine.py --int8` the speed at each batch size).
+fbgemm's int8-weight, fp32-activation matrix product runs about twice as fast as fp32 on an
+AVX2 CPU (64 rows x 512 x 1024: 0.52 against 1.01 ms). On a CPU with AMX int8 tiles oneDNN's
+runs on them and fbgemm's does not: 64 x 512 x 1024 took 0.10 ms there against fbgemm's 0.18
+(bf16 0.17, fp32 0.59), so ``backend()`` packs for oneDNN where the CPU lists ``amx_int8``.
+Every matrix product of a decoder step gets an int8 copy: the output layer (the whole
+vocabulary, or a shortlist's columns, quantized as columns first appear: engine/columns.py),
+the LSTM cell (input and recurrent weights as one product over [input, hidden]) and the
+attentional layer. The weights for training and gradients stay fp32. Scores stay within
+noise (bench/README.md, "The peer", which reports both paths; `bench/engine.py --int8` the
+speed at each batch size).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from hanseq.engine.precision import cpu_info
+
+BACKENDS = ("fbgemm", "onednn")
+
+
+@functools.cache
+def backend() -> str:
+    """The quantized engine for this CPU: oneDNN where it has AMX int8 tiles, else fbgemm."""
+    amx = "amx_int8" in cpu_info()[1]
+    return "onednn" if amx and "onednn" in torch.backends.quantized.supported_engines else "fbgemm"
+
+
+@contextmanager
+def _packing_for(name: str) -> Iterator[None]:
+    """Prepacking follows torch's global engine; the packed weight then carries its kernel."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 class Int8Linear:
@@ -24,24 +52,36 @@ class Int8Linear:
     Weights are quantized per output row (symmetric: each row's largest magnitude is 127),
     or with one scale (``per_row=False``: packing 2,290 rows then took 1.7 ms against 8.3,
     for copies made while decoding; ``scale`` shares one across copies); activations per
-    call, in 7 bits (``reduce_range``): on AVX2 without VNNI, fbgemm adds pairs of u8 x s8
-    products in saturating 16-bit registers, and full 8-bit activations overflow them. The
+    call, in 7 bits for fbgemm (``reduce_range``): on AVX2 without VNNI, fbgemm adds pairs of
+    u8 x s8 products in saturating 16-bit registers, and full 8-bit activations overflow them
+    (oneDNN, on AMX, accumulates in 32 bits: full 8 bits, half the error). The
     older ``torch.fbgemm_linear_*`` functions did not reduce the range: on this project's CPU
     their outputs were off by up to 30% of the output's scale (64 x 80 x 128, weights from
     U(-0.1, 0.1)); these by under 1%, at the same speed."""
 
     def __init__(
-        self, weight: Tensor, bias: Tensor | None, per_row: bool = True, scale: float | None = None
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        per_row: bool = True,
+        scale: float | None = None,
+        engine: str | None = None,
     ):
         """``scale``: with ``per_row=False``, the one scale to use (else this weight's own):
-        several copies of parts of one weight then share one grid (engine/columns.py)."""
+        several copies of parts of one weight then share one grid (engine/columns.py).
+        ``engine``: fbgemm or onednn (default: ``backend()``, this CPU's faster one)."""
         weight = weight.detach().float().cpu().contiguous()
         self.out_features = weight.size(0)
         with warnings.catch_warnings():  # torch 2.13 marks qint8 tensors deprecated (once
             warnings.simplefilter("ignore", UserWarning)  # per process; torch is pinned)
             quantized = _quantize(weight, per_row, scale)
         self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
-        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.engine = engine or backend()
+        if self.engine not in BACKENDS:
+            raise ValueError(f"int8 engine must be one of {', '.join(BACKENDS)}")
+        self.reduce_range = self.engine == "fbgemm"
+        with _packing_for(self.engine):
+            self.packed = torch.ops.quantized.linear_prepack(quantized, None)
         self._anchor = torch.zeros(1, weight.size(1))
         self._anchor[0, 0], self._anchor[0, -1] = 1.0, -1.0
 
@@ -57,7 +97,7 @@ class Int8Linear:
         x = x.float()
         scale = x.abs().amax(1, keepdim=True).clamp(min=1e-12)
         rows = torch.cat([x / scale, self._anchor])
-        out = torch.ops.quantized.linear_dynamic(rows, self.packed, True)[:-1] * scale
+        out = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)[:-1] * scale
         return out if self.bias is None else out + self.bias
 
 
