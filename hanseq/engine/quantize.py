@@ -2,8 +2,9 @@
 
 fbgemm's int8-weight, fp32-activation matrix product runs about twice as fast as fp32 on an
 AVX2 CPU (64 rows x 512 x 1024: 0.52 against 1.01 ms). On a CPU with AMX int8 tiles oneDNN's
-runs on them and fbgemm's does not: 64 x 512 x 1024 took 0.10 ms there against fbgemm's 0.18
-(bf16 0.17, fp32 0.59), so ``backend()`` packs for oneDNN where the CPU lists ``amx_int8``.
+runs on them and fbgemm's does not: a bare 64 x 512 x 1024 product took 0.10 ms there against
+fbgemm's 0.18 (0.30 against 0.41 with the per-row scaling below; bench/products.py), so
+``backend()`` packs for oneDNN where the CPU lists ``amx_int8``.
 Every matrix product of a decoder step gets an int8 copy: the output layer (the whole
 vocabulary, or a shortlist's columns, quantized as columns first appear: engine/columns.py),
 the LSTM cell (input and recurrent weights as one product over [input, hidden]) and the
