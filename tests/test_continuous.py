@@ -92,6 +92,8 @@ def test_ended_rows_stay_masked_until_half_are_dead(pipeline, opts):
     assert all(rows - live < max(1, 0.5 * rows) or live == 0 for live, rows in sizes)
     for key, text in enumerate(INPUTS[:12]):
         alone = _alone(pipeline, text, opts)
+        # scores to 2e-4: on an AVX-512 CPU fp32's own products round a row by the batch's
+        # shape (3e-5 on logits, 6e-5 on a six-token score, measured on an Intel Xeon)
         assert found[key].tokens == alone.tokens and found[key].score == pytest.approx(
-            alone.score, abs=1e-5
+            alone.score, abs=2e-4
         )

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hanseq.engine.cpu import cpu_info
+
 if TYPE_CHECKING:
     import torch
 
@@ -32,22 +34,6 @@ SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx
 class Choice:
     precision: str  # fp32 | bf16 | int8 | fp16
     why: str  # e.g. "auto: amx_bf16 present"
-
-
-def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
-    """(model name, flags) of this CPU, from /proc/cpuinfo (Linux; elsewhere unknown)."""
-    model, flags = "unknown CPU", set[str]()
-    try:
-        with open(cpuinfo, encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

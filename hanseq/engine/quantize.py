@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hanseq.engine.precision import cpu_info
+from hanseq.engine.cpu import cpu_info
 
 BACKENDS = ("fbgemm", "onednn")
 
