@@ -156,6 +156,26 @@ training: {{output_dir: {tmp_path / "run"}, max_steps: 4, valid_every: 2, valid_
     assert strict.returncode == 2 and "train.tsv:101" in strict.stderr
 
 
+def test_train_mixed_precision_overrides_the_config(toy_corpus, tmp_path):
+    """``--mixed-precision`` wins over the config's (auto); the log says what each step ran in."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+name: cli-toy
+data: {{root: {toy_corpus}}}
+tasks: {{reverse: {{train: train.tsv, valid: valid.tsv}}}}
+model: {{embedding_dim: 16, hidden_size: 16}}
+training: {{output_dir: {tmp_path / "run"}, max_steps: 4, valid_every: 2, valid_max_examples: 5}}
+""")
+    for setting, expected in [("bf16", "bf16"), ("off", "fp32")]:
+        run = hanseq("train", "--config", str(config), "--mixed-precision", setting, "--no-resume")
+        assert run.returncode == 0, run.stderr
+        log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in log if '"validation"' in line]
+        assert [r["precision"] for r in records[-2:]] == [expected, expected]
+    wrong = hanseq("train", "--config", str(config), "--mixed-precision", "int8")
+    assert wrong.returncode == 2 and "--mixed-precision: invalid choice: 'int8'" in wrong.stderr
+
+
 def test_help_lists_the_commands():
     run = hanseq("--help")
     assert run.returncode == 0

@@ -81,6 +81,9 @@ def train(cfg: Config, resume: bool = True) -> Path:
         dist_utils.teardown(ctx)
 
 
+_PRECISION_NAMES: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: dist_utils.Context):
         self.cfg, self.ctx, self.t = cfg, ctx, cfg.training
@@ -369,6 +372,7 @@ class Trainer:
             "train_loss": train_loss,
             "lr": self.scheduler.get_last_lr()[0],
             "gold_ratio": teacher_forcing_ratio(self.t.teacher_forcing, self.step),
+            "precision": _PRECISION_NAMES.get(self.amp, "fp32"),  # what autocast ran in
             "minutes": self._minutes(),  # wall time since the first run started, resumes summed
         }
         self.history.records.append(record)
