@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hanseq.engine.bundle import Bundle, load_bundle
@@ -81,6 +82,36 @@ def toy_config(root: Path, output_dir: Path, **training) -> Config:
         },
     }
     return from_dict(Config, raw, "")
+
+
+def write_training_yaml(
+    path: Path,
+    root: Path,
+    output_dir: Path,
+    *,
+    source=None,
+    model=None,
+    valid="valid.tsv",
+    **training,
+) -> Path:
+    """A tiny config file as a user hands it to ``hanseq train --config``: a few steps only."""
+    raw = {
+        "name": "toy",
+        "data": {"root": str(root)},
+        "tasks": {"reverse": {"train": "train.tsv", "valid": valid}},
+        "model": {"embedding_dim": 16, "hidden_size": 16, **(model or {})},
+        "training": {
+            "output_dir": str(output_dir),
+            "max_steps": 4,
+            "valid_every": 2,
+            "valid_max_examples": 5,
+            **training,
+        },
+    }
+    if source:
+        raw["source"] = source
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import yaml
 
 from hanseq.engine.bundle import load_bundle
 from hanseq.engine.pipeline import Pipeline
-from tests.conftest import REPO, reversal_pairs
+from tests.conftest import REPO, reversal_pairs, write_training_yaml
 
 BIN = Path(sys.executable).parent
 
@@ -139,14 +139,7 @@ def test_train_reports_malformed_lines_and_strict_refuses_them(toy_corpus, tmp_p
     (data / "train.tsv").write_text(
         "\n".join(good[:100] + ["no tab here", "\t빈 원문"] + good[100:]) + "\n"
     )
-    config = tmp_path / "c.yaml"
-    config.write_text(f"""
-name: cli-toy
-data: {{root: {data}}}
-tasks: {{reverse: {{train: train.tsv, valid: train.tsv}}}}
-model: {{embedding_dim: 16, hidden_size: 16}}
-training: {{output_dir: {tmp_path / "run"}, max_steps: 4, valid_every: 2, valid_max_examples: 5}}
-""")
+    config = write_training_yaml(tmp_path / "c.yaml", data, tmp_path / "run", valid="train.tsv")
     run = hanseq("train", "--config", str(config))
     assert run.returncode == 0, run.stderr
     assert "skipped 2 malformed line(s) of 302" in run.stderr
@@ -158,14 +151,7 @@ training: {{output_dir: {tmp_path / "run"}, max_steps: 4, valid_every: 2, valid_
 
 def test_train_mixed_precision_overrides_the_config(toy_corpus, tmp_path):
     """``--mixed-precision`` wins over the config's (auto); the log says what each step ran in."""
-    config = tmp_path / "c.yaml"
-    config.write_text(f"""
-name: cli-toy
-data: {{root: {toy_corpus}}}
-tasks: {{reverse: {{train: train.tsv, valid: valid.tsv}}}}
-model: {{embedding_dim: 16, hidden_size: 16}}
-training: {{output_dir: {tmp_path / "run"}, max_steps: 4, valid_every: 2, valid_max_examples: 5}}
-""")
+    config = write_training_yaml(tmp_path / "c.yaml", toy_corpus, tmp_path / "run")
     for setting, expected in [("bf16", "bf16"), ("off", "fp32")]:
         run = hanseq("train", "--config", str(config), "--mixed-precision", setting, "--no-resume")
         assert run.returncode == 0, run.stderr
@@ -245,15 +231,13 @@ def test_export_keeps_drops_or_rebuilds_the_shortlist_tables(toy_bundle_path, to
 
 
 def test_train_with_a_vocabulary_too_small_names_the_key_and_a_size(toy_corpus, tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(f"""
-name: cli-toy
-data: {{root: {toy_corpus}}}
-source: {{kind: mecab, subword: bpe, vocab_size: 50}}
-tasks: {{reverse: {{train: train.tsv, valid: valid.tsv}}}}
-model: {{embedding_dim: 16, hidden_size: 16}}
-training: {{output_dir: {tmp_path / "run"}, max_steps: 2, valid_every: 2}}
-""")
+    config = write_training_yaml(
+        tmp_path / "c.yaml",
+        toy_corpus,
+        tmp_path / "run",
+        source={"kind": "mecab", "subword": "bpe", "vocab_size": 50},
+        max_steps=2,
+    )
     run = hanseq("train", "--config", str(config))
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "source.vocab_size: 50 is too small for this data, which needs at least" in run.stderr

@@ -9,19 +9,20 @@ import sys
 from pathlib import Path
 
 from hanseq.engine.bundle import load_bundle
-from tests.conftest import REPO
+from tests.conftest import REPO, write_training_yaml
 
 
 def test_torchrun_two_processes_train_one_bundle(toy_corpus, tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(f"""
-name: ddp-toy
-data: {{root: {toy_corpus}}}
-tasks: {{reverse: {{train: train.tsv, valid: valid.tsv}}}}
-model: {{rnn: gru, embedding_dim: 16, hidden_size: 16}}
-training: {{output_dir: {tmp_path / "run"}, max_steps: 6, valid_every: 3,
-           valid_max_examples: 10, batch_size: 16}}
-""")
+    config = write_training_yaml(
+        tmp_path / "c.yaml",
+        toy_corpus,
+        tmp_path / "run",
+        model={"rnn": "gru"},
+        max_steps=6,
+        valid_every=3,
+        valid_max_examples=10,
+        batch_size=16,
+    )
     torchrun = Path(sys.executable).parent / "torchrun"
     run = subprocess.run(
         [
