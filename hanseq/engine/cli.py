@@ -16,11 +16,11 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from tqdm import tqdm
 
-from hanseq.engine.config import ConfigurationError
+from hanseq.engine.config import ConfigurationError, MixedPrecision
 
 if TYPE_CHECKING:  # the commands import these lazily: torch loads only when a model does
     from hanseq.engine.bundle import Bundle
@@ -102,7 +102,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="override training.output_dir")
     p.add_argument(
         "--mixed-precision",
-        choices=("auto", "off", "bf16", "fp16"),
+        choices=get_args(MixedPrecision),
         help="override training.mixed_precision (auto: bf16 on CPUs with AMX/AVX512-BF16)",
     )
 

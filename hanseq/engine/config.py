@@ -79,6 +79,10 @@ class TeacherForcingConfig:
     k: float = 0.9995  # exponential: ratio = k**step; inverse_sigmoid: k/(k+exp(step/k))
 
 
+# A name of its own: `hanseq train --mixed-precision` offers exactly these.
+MixedPrecision = Literal["auto", "off", "bf16", "fp16"]
+
+
 @dataclass
 class TrainingConfig:
     output_dir: str = "runs/model"
@@ -98,7 +102,7 @@ class TrainingConfig:
     patience: int = 8  # validations without improvement before stopping; 0 = never stop early
     keep_checkpoints: int = 3  # best checkpoints kept on disk
     average_checkpoints: int = 1  # the shipped weights average this many best checkpoints
-    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16/fp16 on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
 
