@@ -221,7 +221,6 @@ def compare(
     (``auto`` as the server picks on this CPU), over the whole vocabulary and the shortlist."""
     torch.set_num_threads(threads)
     bundle = load_bundle(model, shortlist=False)
-    pipeline = Pipeline.from_bundle(bundle)
     shortlisted = load_bundle(model)
     kinds = {"hanseq": bundle}
     if shortlisted.model.head(TASK).lexicon is not None:
@@ -239,6 +238,7 @@ def compare(
     texts, refs = [s for s, _ in cfg_valid[:n]], [r for _, r in cfg_valid[:n]]
     (work / "compare.src").write_text("\n".join(sources[:n]) + "\n")
     checkpoint = last_checkpoint(work)
+    tokenizer = next(iter(systems.values())).targets[TASK].tokenizer  # all share the bundle's
     rows = []
     for beam in beams:
         opts = SearchOptions(beam_size=beam, max_length=80, length_penalty=alpha)
@@ -252,7 +252,6 @@ def compare(
                 outputs[name] = [g.text for g in system.generate(TASK, texts, opts)]
                 seconds[name].append(time.perf_counter() - start)
             theirs, theirs_s = _onmt_decode(checkpoint, work, beam, threads, alpha)
-            tokenizer = pipeline.targets[TASK].tokenizer
             outputs["OpenNMT-py"] = [tokenizer.detokenize(t.split()) for t in theirs]
             seconds["OpenNMT-py"].append(theirs_s)
         rows += [(beam, name, outputs[name], statistics.median(seconds[name])) for name in seconds]
