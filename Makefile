@@ -12,7 +12,7 @@ PROTO := proto/hanseq/v1/hanseq.proto
 GEN := hanseq/v1/hanseq_pb2.py
 GRPC_TOOLS := grpcio-tools==1.85.1
 
-.PHONY: serve test lint system-deps test-system-deps install gen clean peer-venv
+.PHONY: serve test lint system-deps test-system-deps install gen clean peer-venv gpu-kit
 
 serve: $(STAMP)
 	$(BIN)/hanseq serve
@@ -69,6 +69,11 @@ $(PEER_VENV)/.installed: bench/peer/requirements.txt | system-deps
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/pip install -q -r bench/peer/requirements.txt
 	touch $@
+
+# What one prepared training run on a lent GPU carries (bench/gpu_train.py): the device's
+# missing wheels, KoNLPy and Mecab's dictionary, the corpora. Git-ignored; not part of `make test`.
+gpu-kit: $(STAMP)
+	$(BIN)/python bench/gpu_train.py kit
 
 # Python stubs (+ .pyi types) from the .proto, into the package as hanseq.v1: built, never
 # committed.
