@@ -6,6 +6,7 @@ learn in well under a minute on a CPU, hard enough that attention must work to l
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 import pytest
@@ -82,6 +84,15 @@ def toy_config(root: Path, output_dir: Path, **training) -> Config:
         },
     }
     return from_dict(Config, raw, "")
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py imported as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_training_yaml(

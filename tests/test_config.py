@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import yaml
 
 from hanseq.engine.config import ConfigurationError, load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, bench_module
 
 GOOD = """
 name: t
@@ -84,9 +82,7 @@ def test_every_shipped_config_loads(path):
     "path", [v for v in VARIANT_FILES if v not in FULL_CONFIGS], ids=lambda p: p.name
 )
 def test_every_tuning_variant_applies_to_its_base(path, tmp_path):
-    spec = importlib.util.spec_from_file_location("tune", REPO / "bench" / "tune.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = bench_module("tune")
     base = CONFIGS / f"{path.stem}-single.yaml"
     for name, overrides in yaml.safe_load(path.read_text()).items():
         out = tmp_path / tune.slug(name)

@@ -4,7 +4,6 @@ whole run, ~6 minutes, is in bench/README.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import tarfile
 
 import pytest
@@ -12,12 +11,9 @@ import yaml
 
 from hanseq.engine.bundle import load_bundle
 from hanseq.engine.config import load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, bench_module
 
-spec = importlib.util.spec_from_file_location("gpu_train", REPO / "bench" / "gpu_train.py")
-assert spec and spec.loader
-gpu_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_train)
+gpu_train = bench_module("gpu_train")
 
 
 def test_the_gpu_config_keeps_the_schedules_in_sentences(tmp_path):
