@@ -28,7 +28,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def test_sighup_reloads_then_sigterm_drains_and_exits_0(service_bundle_path, tmp_path):
     models = shutil.copytree(service_bundle_path, tmp_path / "bundle")
     port = free_port()
-    server = start_server(models, port, grace_period_s="60")
+    # A grace far longer than the wait below: the drain must end when its requests do, not when
+    # the grace runs out (an open health Watch once held it for the whole grace).
+    server = start_server(models, port, grace_period_s="600")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         wait_serving(channel, server)

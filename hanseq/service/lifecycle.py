@@ -16,8 +16,8 @@ import enum
 from collections.abc import Iterable
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
 
+from hanseq.service.health import Health
 from hanseq.service.models import Models
 from hanseq.service.servicer import SERVICE
 
@@ -39,7 +39,7 @@ def health_names(tasks: Iterable[str]) -> list[str]:
 
 
 class Lifecycle:
-    def __init__(self, health: HealthServicer, models: Models):
+    def __init__(self, health: Health, models: Models):
         self.health, self.models = health, models
         self.stage = Stage.STARTING
         self._known: set[str] = set()
@@ -66,6 +66,7 @@ class Lifecycle:
     async def drain(self) -> None:
         self.stage = Stage.DRAINING
         await self.update_health()
+        await self.health.close()  # Watch streams end: the drain waits only for requests
 
     async def stopped(self) -> None:
         self.stage = Stage.STOPPED

@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Tracer
@@ -24,6 +23,7 @@ from opentelemetry.trace import Tracer
 from hanseq.engine.config import ConfigurationError
 from hanseq.service.auth import AuthInterceptor, load_tokens, server_credentials
 from hanseq.service.cache import LocalCache, RedisCache, ResponseCache
+from hanseq.service.health import Health
 from hanseq.service.interceptors import ErrorInterceptor
 from hanseq.service.lifecycle import Lifecycle
 from hanseq.service.limits import CallerLimits
@@ -90,7 +90,7 @@ async def create_app(settings: Settings, span_exporter: SpanExporter | None = No
         interceptors=_interceptors(settings, metrics, models, tracing.tracer),
         options=_channel_options(settings),
     )
-    health = HealthServicer()
+    health = Health()
     lifecycle = Lifecycle(health, models)
     cache = build_cache(settings, metrics)
     servicer = Seq2SeqServicer(
