@@ -26,7 +26,7 @@ from hanseq.engine.bundle import load_bundle  # noqa: E402
 from hanseq.engine.data import read_tsv  # noqa: E402
 from hanseq.engine.options import SearchOptions  # noqa: E402
 from hanseq.engine.pipeline import Pipeline  # noqa: E402
-from hanseq.engine.precision import describe_cpu  # noqa: E402
+from hanseq.engine.precision import CHOICES, choose, describe_cpu, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -38,14 +38,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows decoding at once")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--precision", choices=CHOICES, default="auto", help="decoding number format (auto: as the server picks)"
+    )
+    parser.add_argument("--beam-size", type=int, default=1, help="1: greedy")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     texts = [e.source for e in read_tsv(Path(args.data))[0][: args.sentences]]
     bundle = load_bundle(args.model, torch.device("cpu"))
+    chosen = choose(args.precision, "cpu")
+    prepare(bundle.model, chosen.precision)
     pipeline = Pipeline.from_bundle(bundle, batch_size=args.batch_size)
     pipeline.warn_truncated = False
-    opts = SearchOptions(max_length=80)
+    opts = SearchOptions(max_length=80, beam_size=args.beam_size)
     decoder = bundle.model.head(args.task).decoder
     eager = decoder.step
     reference = [g.text for g in pipeline.generate(args.task, texts, opts)]
@@ -68,9 +74,10 @@ def main() -> None:
         for name, t in times.items()
     ]
     print(
-        f"{args.model} {args.task}: {len(texts)} inputs, greedy, batch {args.batch_size}, "
+        f"{args.model} {args.task}: {len(texts)} inputs, "
+        f"{'greedy' if args.beam_size == 1 else f'beam {args.beam_size}'}, batch {args.batch_size}, "
         f"{args.threads} thread(s), torch {torch.__version__}, medians of {args.repeats}; "
-        f"CPU: {describe_cpu()}\ncompiling and the first compiled run: {first:.1f} s; "
+        f"{chosen.precision} ({chosen.why}); CPU: {describe_cpu()}\ncompiling and the first compiled run: {first:.1f} s; "
         f"outputs equal to eager: {same}/{len(texts)}\n"
     )
     print(table(["decoder step", "sentences/s", "vs eager"], rows))
