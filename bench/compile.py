@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
-        "--precision", choices=CHOICES, default="auto", help="decoding number format (auto: as the server picks)"
+        "--precision",
+        choices=CHOICES,
+        default="auto",
+        help="decoding number format (auto: as the server picks)",
     )
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy")
     args = parser.parse_args()
@@ -73,11 +76,12 @@ def main() -> None:
         [name, f"{len(texts) / statistics.median(t):.1f}", f"{base / statistics.median(t):.2f}x"]
         for name, t in times.items()
     ]
+    search = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
     print(
-        f"{args.model} {args.task}: {len(texts)} inputs, "
-        f"{'greedy' if args.beam_size == 1 else f'beam {args.beam_size}'}, batch {args.batch_size}, "
+        f"{args.model} {args.task}: {len(texts)} inputs, {search}, batch {args.batch_size}, "
         f"{args.threads} thread(s), torch {torch.__version__}, medians of {args.repeats}; "
-        f"{chosen.precision} ({chosen.why}); CPU: {describe_cpu()}\ncompiling and the first compiled run: {first:.1f} s; "
+        f"{chosen.precision} ({chosen.why}); CPU: {describe_cpu()}\n"
+        f"compiling and the first compiled run: {first:.1f} s; "
         f"outputs equal to eager: {same}/{len(texts)}\n"
     )
     print(table(["decoder step", "sentences/s", "vs eager"], rows))
