@@ -88,7 +88,11 @@ def main() -> None:
         return child(args)
     from hanseq.engine.precision import describe_cpu
 
-    argv = [a for a in sys.argv[1:] if a not in args.settings and a != "--settings"]
+    argv = [
+        *("--model", args.model, "--task", args.task, "--data", args.data),
+        *("--sentences", str(args.sentences), "--slices", str(args.slices)),
+        *("--batch-size", str(args.batch_size), "--beam-size", str(args.beam_size)),
+    ]
     results = {s: run(s, argv) for s in args.settings}
     search = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
     print(
