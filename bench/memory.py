@@ -4,10 +4,13 @@
         --data ../shared/corpora/translate-koen/valid.tsv \
         --settings fp32 bf16 bf16:cache=64 bf16:cache=16
 
-Each setting runs in a process of its own, as a worker does: ``PRECISION[:cache=N]``, where
-``cache`` sets ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` (oneDNN reads it once per process). The
+Each setting runs in a process of its own, as a worker does: ``PRECISION[:cache=N][:grid=off]``,
+where ``cache`` sets ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` (oneDNN reads it once per process)
+and ``grid=off`` decodes with every shape as it comes instead of engine/shapes.py's grid. The
 process decodes ``--slices`` slices of ``--sentences`` different inputs one after the other,
-then prints the current RSS after each slice and the seconds the decoding took.
+then prints the current RSS after each slice and the seconds the decoding took. With
+``--rounds`` above 1 every setting runs once a round and the table shows the median seconds
+(and the last round's memory).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +37,7 @@ def current_rss_mb() -> int:
 def child(args: argparse.Namespace) -> None:
     import torch
 
+    from hanseq.engine import shapes
     from hanseq.engine.bundle import load_bundle
     from hanseq.engine.data import read_tsv
     from hanseq.engine.options import SearchOptions
@@ -40,9 +45,11 @@ def child(args: argparse.Namespace) -> None:
     from hanseq.engine.precision import prepare
 
     torch.set_num_threads(1)
+    precision, _, grid = args.child.partition(":grid=")
+    shapes.ON = grid != "off"
     texts = [e.source for e in read_tsv(Path(args.data))[0]]
     bundle = load_bundle(args.model, torch.device("cpu"))
-    prepare(bundle.model, args.child)
+    prepare(bundle.model, precision)
     pipeline = Pipeline.from_bundle(bundle, batch_size=args.batch_size)
     pipeline.warn_truncated = False
     opts = SearchOptions(max_length=80, beam_size=args.beam_size)
@@ -56,12 +63,19 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run(setting: str, argv: list[str]) -> dict:
-    precision, _, cache = setting.partition(":cache=")
+    precision, *options = setting.split(":")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if cache:
-        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = cache
+    child = precision
+    for option in options:
+        name, _, value = option.partition("=")
+        if name == "cache":
+            env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = value
+        elif name == "grid":
+            child += f":grid={value}"
+        else:
+            raise SystemExit(f"unknown option {option!r} in setting {setting!r}")
     out = subprocess.run(
-        [sys.executable, __file__, *argv, "--child", precision],
+        [sys.executable, __file__, *argv, "--child", child],
         env=env,
         capture_output=True,
         text=True,
@@ -80,8 +94,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows decoding at once")
     parser.add_argument("--beam-size", type=int, default=5, help="1: greedy")
     parser.add_argument(
-        "--settings", nargs="+", default=["fp32", "bf16"], help="PRECISION[:cache=N] each"
+        "--settings",
+        nargs="+",
+        default=["fp32", "bf16"],
+        help="PRECISION[:cache=N][:grid=off] each",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="every setting once a round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -93,16 +111,24 @@ def main() -> None:
         *("--sentences", str(args.sentences), "--slices", str(args.slices)),
         *("--batch-size", str(args.batch_size), "--beam-size", str(args.beam_size)),
     ]
-    results = {s: run(s, argv) for s in args.settings}
+    seconds: dict[str, list[float]] = {s: [] for s in args.settings}
+    results: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for s in args.settings:
+            results[s] = run(s, argv)
+            seconds[s].append(results[s]["seconds"])
     search = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
     print(
         f"{args.model} {args.task}: {args.slices} slices of {args.sentences} inputs, {search}, "
         f"batch {args.batch_size}, one thread; CPU: {describe_cpu()}\n"
     )
-    header = ["setting", "decoding s"] + [
+    header = ["setting", f"decoding s (median of {args.rounds})"] + [
         f"MB after {(i + 1) * args.sentences:,}" for i in range(args.slices)
     ]
-    rows = [[s, f"{r['seconds']:.2f}", *(f"{mb:,}" for mb in r["rss"])] for s, r in results.items()]
+    rows = [
+        [s, f"{statistics.median(seconds[s]):.2f}", *(f"{mb:,}" for mb in r["rss"])]
+        for s, r in results.items()
+    ]
     print(table(header, rows))
 
 

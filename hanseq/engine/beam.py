@@ -1,6 +1,10 @@
 """Beam search over one task head: k hypotheses per input, finished ones collected with the
 GNMT length penalty, and each input leaving the batch with all its beams once it is decided
 (or its caller is gone). ``search`` and the scheduler call it on a prepared batch.
+
+The batch's inputs stay on the sizes of engine/shapes.py: a batch off the grid starts with
+masked copies of its first input, and decided inputs stay, masked, until the live ones fit
+the next size down, when the batch compacts once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hanseq.engine import shapes
 from hanseq.engine.constraints import NEG_INF, constrain
 from hanseq.engine.decoders import DecoderState, Memory
 from hanseq.engine.heads import TaskHead
@@ -45,22 +50,34 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """The n-best hypotheses of every input row of ``memory``, best first."""
     k, batch, device = opts.beam_size, memory.values.size(0), memory.values.device
+    # Inputs past ``batch`` are masked copies of the first, there to put the batch on the
+    # grid (engine/shapes.py); each has its own item, so nothing of theirs reaches a real one.
+    size = shapes.rows(batch)
+    if size > batch:
+        pad = torch.cat([torch.arange(batch), torch.zeros(size - batch, dtype=torch.long)])
+        memory, state = memory.index_select(pad.to(device)), state.index_select(pad.to(device))
+    if not opts.return_attention:  # (attention rows keep the batch's own width)
+        memory = memory.width(shapes.width(memory.values.size(1)))
+    dead = torch.arange(size, device=device) >= batch  # decided, or padding: masked
+    if cancelled is not None and size > batch:  # the padding's callers are never gone
+        asked, extra = cancelled, torch.zeros(size - batch, dtype=torch.bool)
+        cancelled = lambda: torch.cat([torch.as_tensor(asked()).cpu(), extra])  # noqa: E731
     # The k beams of an input are k consecutive rows of the state; they share one row of the
     # memory (attention reads it as a k-row product): no k copies to make and compact.
-    state = state.index_select(torch.arange(batch, device=device).repeat_interleave(k))
-    scores = torch.zeros(batch, k, device=device)
+    state = state.index_select(torch.arange(size, device=device).repeat_interleave(k))
+    scores = torch.zeros(size, k, device=device)
     scores[:, 1:] = NEG_INF  # all beams start identical: keep one until they diverge
     beams = _Beams(
-        items=torch.arange(batch, device=device),
+        items=torch.arange(size, device=device),
         scores=scores.view(-1),
-        history=torch.empty(batch * k, 0, dtype=torch.long, device=device),
-        attention=memory.values.new_zeros(batch * k, 0, memory.values.size(1)),
+        history=torch.empty(size * k, 0, dtype=torch.long, device=device),
+        attention=memory.values.new_zeros(size * k, 0, memory.values.size(1)),
     )
-    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
-    found: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    prev = torch.full((size * k,), BOS_ID, dtype=torch.long, device=device)
+    found: list[list[Hypothesis]] = [[] for _ in range(size)]
     # Per input, the n_best best finished scores so far (float64: the very comparison the
     # Python floats made), so that _done decides every input in one tensor operation.
-    best = torch.full((batch, opts.n_best), NEG_INF, dtype=torch.float64, device=device)
+    best = torch.full((size, opts.n_best), NEG_INF, dtype=torch.float64, device=device)
     for step in range(opts.max_length):
         live = beams.items.size(0)
         logits, state, attn = head.step(prev, state, memory)
@@ -74,6 +91,7 @@ def beam_search(
         origin, token = top_index // vocab + offsets, memory.token_ids(top_index % vocab)
         if opts.return_attention:
             beams.attention = torch.cat([beams.attention, attn.float().unsqueeze(1)], 1)
+        top_scores = top_scores.masked_fill(dead.unsqueeze(1), NEG_INF)  # nothing ends there
         _collect_finished(found, best, beams, top_scores, origin, token, step, opts)
         alive = top_scores.masked_fill(token == EOS_ID, NEG_INF)  # at most k EOS among 2k
         scores_k, pick = alive.topk(k, dim=1)
@@ -83,22 +101,34 @@ def beam_search(
         beams.scores = scores_k.view(-1)
         beams.history = torch.cat([beams.history, prev.unsqueeze(1)], 1)
         state = state.index_select(chosen)
-        done = _done(best, beams.items, scores_k, step, opts, cancelled)
+        done = _done(best, beams.items, scores_k, step, opts, cancelled) & ~dead
         if step == opts.max_length - 1:
-            done[:] = True
+            done = ~dead
         _keep_partial(found, beams, done, k, opts)
-        if bool(done.all()):
+        dead = dead | done
+        left = int((~dead).sum())
+        if left == 0:
             break
-        if bool(done.any()):  # finished inputs leave the batch with all their beams
-            keep = (~done).nonzero().squeeze(1)
+        if shapes.rows(left) < dead.numel():  # the live inputs fit a smaller size: compact
+            keep = _kept(dead, shapes.rows(left))
             rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
-            beams.items = beams.items[keep]
+            beams.items, dead = beams.items[keep], dead[keep]
             beams.select(rows)
             prev, state = prev[rows], state.index_select(rows)
             memory = memory.index_select(keep)
             if not opts.return_attention:  # (whose rows keep the first width)
-                memory = memory.width(int(memory.mask.sum(1).max()))  # longest source left
+                longest = int(memory.mask.sum(1).max())  # the longest source left
+                memory = memory.width(min(shapes.width(longest), memory.values.size(1)))
+    found = found[:batch]
     return [sorted(f, key=lambda h: -h.score)[: opts.n_best] for f in found]
+
+
+def _kept(dead: Tensor, size: int) -> Tensor:
+    """The inputs a compacted batch keeps: every live one, then decided ones up to ``size``,
+    in batch order (an input's k beams stay consecutive rows)."""
+    live = (~dead).nonzero().squeeze(1)
+    filler = dead.nonzero().squeeze(1)[: size - live.numel()]
+    return torch.cat([live, filler]).sort().values
 
 
 def _collect_finished(

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from hanseq.engine import shapes
 from hanseq.engine.quantize import Int8Linear
 
 SLACK = 1.5  # pack afresh once the parts hold 1.5x the columns asked for
@@ -101,5 +102,13 @@ class ColumnGenerator:
         b = None if self.bias is None else self.bias.detach().index_select(0, ids)
         if self.int8:
             return Int8Linear(rows, b, per_row=False, scale=self.scale)
-        wt = rows.t().contiguous()
-        return (lambda x: torch.addmm(b, x, wt)) if b is not None else (lambda x: x @ wt)
+        # Zero columns up to the grid of engine/shapes.py, cut off again: bf16 products on a
+        # CPU build a kernel per shape, and a shortlist's column count is new nearly per batch.
+        n, padded = ids.numel(), shapes.columns(ids.numel())
+        wt = rows.new_zeros(rows.size(1), padded)
+        wt[:, :n] = rows.t()
+        if b is None:
+            return lambda x: (x @ wt)[:, :n]
+        bias = b.new_zeros(padded)
+        bias[:n] = b
+        return lambda x: torch.addmm(bias, x, wt)[:, :n]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hanseq.engine import shapes
 from hanseq.engine.constraints import constrain
 from hanseq.engine.decoders import DecoderState, Memory
 from hanseq.engine.heads import Seq2Seq
@@ -41,6 +42,8 @@ class RunningBatch:
     compacting copies the memory and state of every row left, and at batch 64 doing it each
     time a row ended cost up to a fifth of decoding, more than stepping the dead rows does
     (greedy translate at batch 64: 1.04-1.13x in fp32; bench/README.md, "Compaction").
+    A compaction (and a join) leaves the batch at a size of engine/shapes.py's grid where its
+    dead rows allow, keeping some of them masked: its products then repeat their shapes.
     """
 
     compact_at = 0.5  # the fraction of dead rows that makes the batch compact itself
@@ -73,9 +76,10 @@ class RunningBatch:
     @torch.inference_mode()
     def join(self, src: Tensor, src_len: Tensor, keys: Sequence[int]) -> None:
         """Add inputs (batch x src_len ids, EOS-terminated) under the caller's ``keys``."""
-        self._compact()  # joining copies every row: not the dead ones too
+        self._compact(joining=len(keys))  # joining copies every row: not most dead ones too
         encoded = self.model.encode(src, src_len)
         memory, state = self.head.prepare(encoded, shortlist=not self.opts.sampling)
+        memory = memory.width(shapes.width(memory.values.size(1)))
         n, device = len(keys), src.device
         width = self._history.size(1)
         fresh = {
@@ -161,10 +165,17 @@ class RunningBatch:
             self._compact()
         return finished
 
-    def _compact(self) -> None:
-        """Drop the dead rows' tensors (all of them, if none is live)."""
-        if None in self._keys:
-            self._keep([row for row, key in enumerate(self._keys) if key is not None])
+    def _compact(self, joining: int = 0) -> None:
+        """Drop the dead rows' tensors but those that, with ``joining`` rows to come, fill
+        the batch to a size of the grid (all of them, if none is live)."""
+        dead = [row for row, key in enumerate(self._keys) if key is None]
+        if not dead:
+            return
+        live = [row for row, key in enumerate(self._keys) if key is not None]
+        filler = shapes.rows(len(live) + joining) - joining - len(live) if live else 0
+        if filler >= len(dead):
+            return
+        self._keep(sorted(live + dead[: max(filler, 0)]))
 
     def _keep(self, rows: list[int]) -> None:
         """Only these rows stay; the memory shrinks to the longest source among them."""
@@ -178,13 +189,13 @@ class RunningBatch:
             setattr(self, name, getattr(self, name).index_select(0, index))
         self._state = self._state.index_select(index)  # type: ignore[union-attr]
         memory = self._memory.index_select(index)  # type: ignore[union-attr]
-        self._memory = memory.width(int(self._src_len.max()))
+        self._memory = memory.width(shapes.width(int(self._src_len.max())))
         self._history = self._history[:, self._history.size(1) - int(self._steps.max()) :]
 
     def split(self) -> RunningBatch:
         """Move the second half of the rows into a new RunningBatch (returned); both go on
         decoding as they would have. For a batch whose step does not fit in memory."""
-        self._compact()
+        self._keep([row for row, key in enumerate(self._keys) if key is not None])
         half = len(self) // 2
         other = copy.copy(self)
         other._attention, other._cancelled = self._attention, set(self._cancelled)
