@@ -10,7 +10,9 @@ and ``grid=off`` decodes with every shape as it comes instead of engine/shapes.p
 process decodes ``--slices`` slices of ``--sentences`` different inputs one after the other,
 then prints the current RSS after each slice and the seconds the decoding took. With
 ``--rounds`` above 1 every setting runs once a round and the table shows the median seconds
-(and the last round's memory).
+(and the last round's memory). ``--count-kernels`` adds the oneDNN kernels each process built
+and the milliseconds it spent building them (``ONEDNN_VERBOSE=profile_create``: oneDNN builds
+one per new product shape; its bf16 products are those; fp32 ones run in MKL and build none).
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"rss": rss, "seconds": seconds}))
 
 
-def run(setting: str, argv: list[str]) -> dict:
+def run(setting: str, argv: list[str], count_kernels: bool = False) -> dict:
     precision, *options = setting.split(":")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if count_kernels:
+        env["ONEDNN_VERBOSE"] = "profile_create"
     child = precision
     for option in options:
         name, _, value = option.partition("=")
@@ -81,7 +85,13 @@ def run(setting: str, argv: list[str]) -> dict:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.splitlines()[-1])
+    lines = out.stdout.splitlines()
+    result = json.loads(lines[-1])
+    built = [
+        line for line in lines if line.startswith("onednn_verbose,v1,primitive,create:cache_miss")
+    ]
+    result["kernels"] = (len(built), sum(float(line.rsplit(",", 1)[1]) for line in built))
+    return result
 
 
 def main() -> None:
@@ -100,6 +110,9 @@ def main() -> None:
         help="PRECISION[:cache=N][:grid=off] each",
     )
     parser.add_argument("--rounds", type=int, default=1, help="every setting once a round")
+    parser.add_argument(
+        "--count-kernels", action="store_true", help="count the oneDNN kernels each one built"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -115,20 +128,23 @@ def main() -> None:
     results: dict[str, dict] = {}
     for _ in range(args.rounds):
         for s in args.settings:
-            results[s] = run(s, argv)
+            results[s] = run(s, argv, args.count_kernels)
             seconds[s].append(results[s]["seconds"])
     search = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
     print(
         f"{args.model} {args.task}: {args.slices} slices of {args.sentences} inputs, {search}, "
         f"batch {args.batch_size}, one thread; CPU: {describe_cpu()}\n"
     )
-    header = ["setting", f"decoding s (median of {args.rounds})"] + [
-        f"MB after {(i + 1) * args.sentences:,}" for i in range(args.slices)
-    ]
-    rows = [
-        [s, f"{statistics.median(seconds[s]):.2f}", *(f"{mb:,}" for mb in r["rss"])]
-        for s, r in results.items()
-    ]
+    header = ["setting", f"decoding s (median of {args.rounds})"]
+    header += ["kernels built", "ms building"] if args.count_kernels else []
+    header += [f"MB after {(i + 1) * args.sentences:,}" for i in range(args.slices)]
+    rows = []
+    for s, r in results.items():
+        built, ms = r["kernels"]
+        kernels = [f"{built:,}", f"{ms:,.0f}"] if args.count_kernels else []
+        rows.append(
+            [s, f"{statistics.median(seconds[s]):.2f}", *kernels, *(f"{mb:,}" for mb in r["rss"])]
+        )
     print(table(header, rows))
 
 
