@@ -101,11 +101,24 @@ def test_fine_tuning_a_task_it_has_changes_its_weights(toy_bundle_path, copy_cor
     assert out.targets["reverse"].vocab.itos == base.targets["reverse"].vocab.itos
 
 
+def test_fine_tuning_a_head_it_has_on_the_frozen_encoder_changes_that_head_only(
+    toy_bundle_path, copy_corpus, tmp_path
+):
+    path = write_config(tmp_path / "c.yaml", toy_bundle_path, copy_corpus, freeze_encoder=True)
+    raw = yaml.safe_load(path.read_text())
+    raw["tasks"] = {"reverse": {"train": "train.tsv", "valid": "valid.tsv"}}  # copy data now
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    out = load_bundle(train(load_config(path), resume=False))
+    new, old = out.model.state_dict(), load_bundle(toy_bundle_path).model.state_dict()
+    encoder = [n for n in old if not n.startswith("heads.")]
+    assert encoder and all(torch.equal(new[n], old[n]) for n in encoder)  # bit for bit
+    head = [n for n in old if n.startswith("heads.reverse.")]
+    assert any(not torch.equal(new[n], old[n]) for n in head)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"freeze_encoder": True, "tasks": {"reverse": {"train": "train.tsv"}}},
-         "tasks.reverse: init_from's bundle has this task, and freeze_encoder keeps"),
         ({"source": {"kind": "sentencepiece", "vocab_size": 500}},
          "source.kind: 'sentencepiece' is not init_from's bundle's 'mecab' .a head on its"),
         ({"model": {"hidden_size": 128, "rnn": "gru"}},

@@ -119,7 +119,7 @@ class Config:
     # Its source side and model shape are inherited (a section given must match them); a task
     # it has is fine-tuned, a new name is a new head on its encoder.
     init_from: str = ""
-    freeze_encoder: bool = False  # with init_from: the encoder and the old heads stay exact
+    freeze_encoder: bool = False  # with init_from: the encoder and untrained heads stay exact
     base_dir: str = "."  # where the config file lives; relative paths start there
 
     def corpora_root(self) -> Path:
@@ -168,12 +168,6 @@ def inherit(cfg: Config, raw: dict[str, Any]) -> None:
         entry = manifest["tasks"].get(name)
         if entry is None:
             continue  # a new head
-        if cfg.freeze_encoder:
-            raise ConfigurationError(
-                f"tasks.{name}: init_from's bundle has this task, and freeze_encoder keeps its "
-                "head exactly as it is; give the new head another name, or set "
-                "freeze_encoder: false to fine-tune it"
-            )
         target = from_dict(TokenizerConfig, entry["tokenizer"], f"tasks.{name}.target")
         given = raw.get("tasks", {}).get(name, {}).get("target")
         _must_match(f"tasks.{name}.target", given, target, "fine-tuning keeps the head's")

@@ -135,7 +135,8 @@ class Trainer:
 
     def _start_from_base(self, base: Bundle) -> None:
         """The base bundle's weights into every head it has (new heads keep their random
-        start); with freeze_encoder, its encoder and heads take no gradient at all."""
+        start); with freeze_encoder, its encoder and the heads this run does not train take no
+        gradient at all (a head it does train, new or the bundle's, learns on that encoder)."""
         missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
         new = tuple(f"heads.{t}." for t in self.targets if t not in base.targets)
         if unexpected or any(not name.startswith(new) for name in missing):
@@ -148,8 +149,9 @@ class Trainer:
                     "the shared encoder does (freeze_encoder keeps them exactly)"
                 )
             return
+        trained = tuple(f"heads.{t}." for t in self.targets)
         for name, param in self.model.named_parameters():
-            if not name.startswith(new):
+            if not name.startswith(trained):
                 param.requires_grad_(False)
                 self.frozen[name] = param.detach().clone()
 
