@@ -87,3 +87,35 @@ def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(tmp_path):
     assert autocast_dtype("off", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
     assert autocast_dtype("fp16", cpu) is None  # fp16 autocast is CUDA only
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_bf16() else None)
+
+
+def test_validation_decodes_with_the_weights_a_fused_optimizer_just_wrote(toy_bundle):
+    """Fused Adam rewrites weights without bumping their version counters, so the generator's
+    packed copy would go stale between validations; forget_packed() (which the trainer calls
+    before each validation) makes decoding read the new weights."""
+    import copy
+
+    from hanseq.engine.vocabulary import BOS_ID
+
+    model = copy.deepcopy(toy_bundle.model)
+    head = model.head("reverse")
+    src = torch.tensor([[5, 6, 7, 3]])
+    prev = torch.full((1,), BOS_ID)
+
+    def first_logits():
+        with torch.inference_mode():
+            memory, state = head.prepare(model.encode(src, torch.tensor([4])))
+            return head.step(prev, state, memory)[0].clone()
+
+    first_logits()  # packs the generator
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    fresh = copy.deepcopy(model)
+    fresh.forget_packed()
+    with torch.inference_mode():
+        fh = fresh.head("reverse")
+        memory, state = fh.prepare(fresh.encode(src, torch.tensor([4])))
+        reference = fh.step(prev, state, memory)[0]
+    model.forget_packed()
+    torch.testing.assert_close(first_logits(), reference)

@@ -111,6 +111,13 @@ class TaskHead(nn.Module):
         assert sources is not None, "a copy head's memory comes from its own prepare()"
         return self.copy(logits, vector, sources.mass(weights), sources.row_ids(vector.size(0)))
 
+    def forget_packed(self) -> None:
+        """Drop the generator's packed copies (below); the next decoding packs them afresh.
+        Their keys see a weight replaced or changed by an ordinary in-place op, but not one
+        that a fused optimizer step rewrote: torch's fused Adam leaves the version counter as
+        it was. So the trainer calls this before every validation."""
+        self._packed = self._short = None
+
     def _shortlist_logits(self, vector: Tensor, short: RowShortlist) -> Tensor:
         """The generator over the shortlist's columns only, each row masked to its own set.
         The columns' weights are packed as they first appear and kept while rows come and
@@ -156,6 +163,11 @@ class Seq2Seq(nn.Module):
     @property
     def tasks(self) -> list[str]:
         return list(self.heads.keys())
+
+    def forget_packed(self) -> None:
+        """Every head's packed generator copies dropped (TaskHead.forget_packed)."""
+        for head in self.heads.values():
+            head.forget_packed()  # type: ignore[operator]
 
     def head(self, task: str) -> TaskHead:
         if task not in self.heads:

@@ -338,6 +338,7 @@ class Trainer:
     def validate(self) -> dict[str, dict[str, float]]:
         """Greedy-decode each task's valid subset and score it."""
         self.model.eval()
+        self.model.forget_packed()  # decode with this step's weights, not the last packing
         pipeline = Pipeline(
             self.model,
             self.source,
