@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from hanseq.engine.beam import beam_search
-from hanseq.engine.continuous import Finished, RunningBatch
+from hanseq.engine.continuous import Finished, RunningBatch, on_grid
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import BatchKey, Hypothesis
 from hanseq.engine.vocabulary import PAD_ID
@@ -204,6 +204,8 @@ class Scheduler:
         task, opts = key.task, key.options
         head = self.model.head(task)
         src, src_len = padded([s.ids for s in group], self.device)
+        if not opts.return_attention:  # attention rows keep the source's own width
+            src = on_grid(src)  # beam_search pads the rows
         memory, state = head.prepare(self.model.encode(src, src_len), shortlist=True)
         flags = None
         if self.cancelled is not None:

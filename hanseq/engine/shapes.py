@@ -23,7 +23,7 @@ from __future__ import annotations
 
 WIDTH_MULTIPLE = 8  # source positions
 COLUMN_MULTIPLE = 128  # shortlist columns
-ON = True  # False: every size as it comes (bench/shapes.py measures both in one run)
+ON = True  # False: every size as it comes (bench/memory.py measures both in one run)
 
 
 def rows(n: int) -> int:
