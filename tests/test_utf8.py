@@ -55,6 +55,42 @@ def test_a_step_keeps_characters_whole():
     assert torch.isfinite(logp[1]).tolist() == [c == EOS_ID for c in columns.tolist()]
 
 
+def test_no_row_starts_a_character_its_own_columns_cannot_finish():
+    kinds = byte_kinds(PIECES)
+    assert kinds is not None
+    history = torch.tensor([[PAD_ID, WORD], [PAD_ID, WORD]])
+    columns = torch.tensor([0, 1, 2, 3, WORD, CONT, LEAD3])
+    logp = torch.zeros(2, len(columns))
+    logp[0, 5] = float("-inf")  # row 0's shortlist lacks the continuation byte; row 1's has it
+    keep_whole(logp, history, kinds, columns)
+    allowed = torch.isfinite(logp)
+    assert not allowed[0, 6] and allowed[0, [EOS_ID, 4]].all()
+    assert allowed[1, 6] and not allowed[1, 5]  # a lead byte, yet no stray continuation
+    no_continuation = torch.tensor([0, 1, 2, 3, WORD, LEAD3])  # none in the batch's columns
+    logp = torch.zeros(2, len(no_continuation))
+    keep_whole(logp, history, kinds, no_continuation)
+    assert not torch.isfinite(logp[:, 5]).any()
+
+
+def test_a_shipped_reply_with_history_keeps_its_characters_whole():
+    """The reply to this conversation ended on a lead byte its shortlist row could not finish."""
+    from hanseq.engine.bundle import load_bundle
+    from hanseq.engine.dialogue import Turn, source_text
+    from hanseq.engine.options import SearchOptions
+    from hanseq.engine.pipeline import Pipeline
+    from tests.conftest import REPO
+
+    bundle = load_bundle(REPO / "models" / "hanseq-multitask")
+    pipeline = Pipeline.from_bundle(bundle)
+    history = [
+        Turn("비 오는 날 듣기 좋은 노래 추천해줘", True),
+        Turn("비 오는 날에는 에픽하이의 우산을 추천해요.", False),
+    ]
+    source = source_text(history, "고마워!", bundle.manifest["tasks"]["respond"]["context_turns"])
+    output = pipeline.generate("respond", [source], SearchOptions(**bundle.decoding("respond")))
+    assert output[0].text and "\ufffd" not in output[0].text
+
+
 def test_the_shipped_summary_no_longer_shows_a_broken_character():
     from hanseq.engine.bundle import load_bundle
     from hanseq.engine.options import SearchOptions

@@ -73,12 +73,14 @@ def owed(history: Tensor, kinds: Tensor) -> Tensor:
     return torch.where(after_two, (third - 3).clamp(min=0), need)
 
 
-def _byte_columns(kinds: Tensor, columns: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(continuation columns, columns no character may start with) among these columns."""
+def _byte_columns(kinds: Tensor, columns: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(continuation columns, columns no character may start with, lead-byte columns) among
+    these columns."""
     col_kinds = kinds if columns is None else kinds[columns]
     continuation = (col_kinds == CONTINUATION).nonzero().squeeze(1)
     stray = ((col_kinds == CONTINUATION) | (col_kinds == NEVER)).nonzero().squeeze(1)
-    return continuation, stray
+    leads = ((col_kinds >= 2) & (col_kinds <= 4)).nonzero().squeeze(1)
+    return continuation, stray, leads
 
 
 def keep_whole(logp: Tensor, history: Tensor, kinds: Tensor, columns: Tensor | None) -> None:
@@ -89,14 +91,29 @@ def keep_whole(logp: Tensor, history: Tensor, kinds: Tensor, columns: Tensor | N
     Column-wise fills of the ~75 byte columns and row-wise ones of the few rows that owe:
     masking the whole matrix three times cost beam search a quarter of its speed; this costs
     0-4% (translate, batch 64, interleaved rounds: within this machine's noise)."""
-    continuation, stray = _byte_columns(kinds, columns)
+    continuation, stray, leads = _byte_columns(kinds, columns)
     owing = (owed(history, kinds) > 0).nonzero().squeeze(1)
     kept = logp[owing.unsqueeze(1), continuation.unsqueeze(0)] if owing.numel() else None
+    if leads.numel():  # no row may start a character none of its columns can finish
+        _no_lead_without_continuation(logp, continuation, leads)
     logp.index_fill_(1, stray, NEG_INF)  # no row may start a character with these
     if kept is None:
         return
     logp.index_fill_(0, owing, NEG_INF)  # a row that owes bytes may give only them
     logp[owing.unsqueeze(1), continuation.unsqueeze(0)] = kept
+    # Only other masks (a banned repeat) can still leave a row owing bytes it cannot give.
     stuck = owing[torch.isinf(kept).all(-1)] if continuation.numel() else owing
     if stuck.numel():
         logp[stuck, EOS_ID] = 0.0
+
+
+def _no_lead_without_continuation(logp: Tensor, continuation: Tensor, leads: Tensor) -> None:
+    """Mask lead bytes, in place, in the rows whose continuation columns are all masked: a
+    shortlist gives each row its own columns, and one that allowed a lead byte and no
+    continuation byte ended mid-character (U+FFFD in the reply) before this rule."""
+    if continuation.numel():
+        cannot = torch.isinf(logp[:, continuation]).all(1).nonzero().squeeze(1)
+    else:
+        cannot = torch.arange(logp.size(0), device=logp.device)
+    if cannot.numel():
+        logp[cannot.unsqueeze(1), leads.unsqueeze(0)] = NEG_INF
