@@ -75,16 +75,11 @@ class RunningBatch:
 
     @torch.inference_mode()
     def join(self, src: Tensor, src_len: Tensor, keys: Sequence[int]) -> None:
-        """Add inputs (batch x src_len ids, EOS-terminated) under the caller's ``keys``.
-
-        The source is padded to the grid's width before it is encoded (the encoder packs by
-        length and never reads the pad), so the memory's products repeat their shapes. Its
-        rows stay the group's own: masked copies up to the grid measured slower, as every
-        step then decodes them (bench/README.md, "Shape buckets")."""
-        src = on_grid(src)
+        """Add inputs (batch x src_len ids, EOS-terminated) under the caller's ``keys``."""
         self._compact(joining=len(keys))  # joining copies every row: not most dead ones too
         encoded = self.model.encode(src, src_len)
         memory, state = self.head.prepare(encoded, shortlist=not self.opts.sampling)
+        memory = memory.width(shapes.width(memory.values.size(1)))
         n, device = len(keys), src.device
         width = self._history.size(1)
         fresh = {
@@ -217,12 +212,3 @@ class RunningBatch:
         if self.opts.return_attention:
             attention = torch.stack(self._attention.pop(key))
         return Hypothesis(tokens, raw / length_penalty(length, self.opts.length_penalty), attention)
-
-
-def on_grid(src: Tensor) -> Tensor:
-    """Source ids padded with PAD to the grid's width (a multiple of shapes.WIDTH_MULTIPLE)."""
-    width = src.size(1)
-    columns = shapes.width(width)
-    if columns == width:
-        return src
-    return torch.cat([src, src.new_full((src.size(0), columns - width), PAD_ID)], 1)

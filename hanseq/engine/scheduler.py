@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hanseq.engine import shapes
 from hanseq.engine.beam import beam_search
-from hanseq.engine.continuous import Finished, RunningBatch, on_grid
+from hanseq.engine.continuous import Finished, RunningBatch
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import BatchKey, Hypothesis
 from hanseq.engine.vocabulary import PAD_ID
@@ -129,7 +130,8 @@ class Scheduler:
         if not sources:
             return
         try:
-            batch.join(*padded([s.ids for s in sources], self.device), [s.key for s in sources])
+            src, src_len = padded([s.ids for s in sources], self.device, grid=True)
+            batch.join(src, src_len, [s.key for s in sources])
         except Exception as e:
             if len(sources) == 1:
                 self._recover()
@@ -203,9 +205,8 @@ class Scheduler:
     def _beam(self, key: BatchKey, group: list[Source]) -> list[list[Hypothesis]]:
         task, opts = key.task, key.options
         head = self.model.head(task)
-        src, src_len = padded([s.ids for s in group], self.device)
-        if not opts.return_attention:  # attention rows keep the source's own width
-            src = on_grid(src)  # beam_search pads the rows
+        # On the grid's width unless attention is asked for (its rows keep the source's own).
+        src, src_len = padded([s.ids for s in group], self.device, grid=not opts.return_attention)
         memory, state = head.prepare(self.model.encode(src, src_len), shortlist=True)
         flags = None
         if self.cancelled is not None:
@@ -230,10 +231,17 @@ def flags_at(flags: Sequence[bool] | Tensor, keys: Sequence[int]) -> list[bool]:
     return [bool(flags[k]) for k in keys]
 
 
-def padded(ids: Sequence[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Id lists -> (batch x longest, PAD-filled) ids and their lengths, on ``device``."""
+def padded(
+    ids: Sequence[list[int]], device: torch.device, grid: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Id lists -> (batch x longest, PAD-filled) ids and their lengths, on ``device``.
+
+    With ``grid`` the width is the longest rounded up to engine/shapes.py's grid: the
+    products the head's ``prepare`` runs over every source position then repeat their
+    shapes (the encoder packs by length and never reads the PAD)."""
     src_len = torch.tensor([len(x) for x in ids])
-    src = torch.full((len(ids), int(src_len.max())), PAD_ID, dtype=torch.long)
+    width = int(src_len.max())
+    src = torch.full((len(ids), shapes.width(width) if grid else width), PAD_ID, dtype=torch.long)
     for row, x in enumerate(ids):
         src[row, : len(x)] = torch.tensor(x)
     return src.to(device), src_len.to(device)

@@ -92,28 +92,21 @@ def keep_whole(logp: Tensor, history: Tensor, kinds: Tensor, columns: Tensor | N
     masking the whole matrix three times cost beam search a quarter of its speed; this costs
     0-4% (translate, batch 64, interleaved rounds: within this machine's noise)."""
     continuation, stray, leads = _byte_columns(kinds, columns)
-    owing = (owed(history, kinds) > 0).nonzero().squeeze(1)
-    kept = logp[owing.unsqueeze(1), continuation.unsqueeze(0)] if owing.numel() else None
-    if leads.numel():  # no row may start a character none of its columns can finish
-        _no_lead_without_continuation(logp, continuation, leads)
+    given = logp[:, continuation]  # each row's continuation bytes, before the fills below
+    finishable = ~torch.isinf(given).all(1)  # (with none among the columns: no row)
+    if leads.numel():
+        # No row may start a character its own columns cannot finish: a shortlist gives each
+        # row its own, and one that allowed a lead byte and no continuation byte ended
+        # mid-character (U+FFFD in the reply) before this rule.
+        cannot = (~finishable).nonzero().squeeze(1)
+        logp[cannot.unsqueeze(1), leads.unsqueeze(0)] = NEG_INF
     logp.index_fill_(1, stray, NEG_INF)  # no row may start a character with these
-    if kept is None:
+    owing = (owed(history, kinds) > 0).nonzero().squeeze(1)
+    if not owing.numel():
         return
     logp.index_fill_(0, owing, NEG_INF)  # a row that owes bytes may give only them
-    logp[owing.unsqueeze(1), continuation.unsqueeze(0)] = kept
+    logp[owing.unsqueeze(1), continuation.unsqueeze(0)] = given[owing]
     # Only other masks (a banned repeat) can still leave a row owing bytes it cannot give.
-    stuck = owing[torch.isinf(kept).all(-1)] if continuation.numel() else owing
+    stuck = owing[~finishable[owing]]
     if stuck.numel():
         logp[stuck, EOS_ID] = 0.0
-
-
-def _no_lead_without_continuation(logp: Tensor, continuation: Tensor, leads: Tensor) -> None:
-    """Mask lead bytes, in place, in the rows whose continuation columns are all masked: a
-    shortlist gives each row its own columns, and one that allowed a lead byte and no
-    continuation byte ended mid-character (U+FFFD in the reply) before this rule."""
-    if continuation.numel():
-        cannot = torch.isinf(logp[:, continuation]).all(1).nonzero().squeeze(1)
-    else:
-        cannot = torch.arange(logp.size(0), device=logp.device)
-    if cannot.numel():
-        logp[cannot.unsqueeze(1), leads.unsqueeze(0)] = NEG_INF
