@@ -22,6 +22,7 @@ def test_the_grid():
     assert all(shapes.rows(n) >= n and shapes.rows(n) in GRID for n in range(1, 129))
     assert [shapes.width(n) for n in (1, 8, 9, 160)] == [8, 8, 16, 160]
     assert [shapes.columns(n) for n in (1, 128, 300, 1455)] == [128, 128, 384, 1536]
+    assert [shapes.tokens(n) for n in (1, 64, 65, 1150)] == [64, 64, 128, 1152]
 
 
 @pytest.fixture
@@ -113,3 +114,84 @@ def test_shortlist_products_run_on_the_column_grid(count):
     assert products and all(inputs[2][1] == shapes.columns(count) for inputs in products)
     assert out.shape == (4, count)
     torch.testing.assert_close(out, vector @ weight[columns].T + bias[columns])
+
+
+# ---- training: the output layer's rows and the sources' width -------------------------------
+
+
+def training_model(copy: bool):
+    from hanseq.engine.config import ModelConfig
+    from hanseq.engine.heads import build_model
+    from hanseq.engine.pointer import NOT_COPYABLE
+
+    cfg = ModelConfig(embedding_dim=16, hidden_size=24, dropout=0.0, copy=copy)
+    maps = None
+    if copy:
+        mapping = torch.full((30,), NOT_COPYABLE)
+        mapping[4:10] = torch.arange(10, 16)
+        maps = {"t": mapping}
+    torch.manual_seed(0)
+    return build_model(cfg, 30, {"t": 20}, maps or {})
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_training_runs_the_output_layer_on_the_token_grid(copy):
+    from hanseq.engine.data import collate
+    from hanseq.engine.vocabulary import PAD_ID
+
+    model = training_model(copy)
+    sources = [[4, 5, 6, 20, 7], [8, 9, 21], [4, 4, 5, 6, 7, 8, 9, 22, 23]]
+    targets = [[10, 11, 12, 2], [13, 2], [14, 15, 10, 11, 16, 2]]
+    batch = collate(sources, targets)
+    assert batch.src.size(1) == shapes.width(9) == 16  # the sources at the grid's width
+    keep = batch.tgt_out != PAD_ID  # 12 real tokens
+    rows: list[int] = []
+    model.head("t").generator.register_forward_hook(lambda m, i, o: rows.append(i[0].size(0)))
+    logits = model("t", batch.src, batch.src_len, batch.tgt_in, 1.0, keep)
+    assert rows == [shapes.tokens(12)] == [64]
+    assert logits.shape == (12, 20)  # the extra rows cut off before the loss
+    # (that these are the real tokens' logits: tests/test_model.py, the kept positions)
+
+
+def test_training_sources_off_the_grid_keep_their_length(grid_off):
+    from hanseq.engine.data import collate
+
+    batch = collate([[4, 5, 6], [7]], [[10, 2], [11, 2]])
+    assert batch.src.size(1) == 3
+    assert [shapes.tokens(n) for n in (1, 64, 65)] == [1, 64, 65]
+
+
+def scheduled(model, gold: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    from hanseq.engine.heads import Seq2Seq
+
+    head = model.head("t")
+    src = torch.randint(4, 30, (gold.size(0), 6), generator=torch.Generator().manual_seed(1))
+    memory, state = head.prepare(model.encode(src, torch.full((gold.size(0),), 6)))
+    torch.manual_seed(seed)
+    return Seq2Seq._scheduled_inputs(head, memory, state, gold, ratio)
+
+
+def test_scheduled_sampling_predicts_on_the_grid_and_as_off_it(monkeypatch):
+    from hanseq.engine.vocabulary import BOS_ID
+
+    model = training_model(copy=True)
+    head = model.head("t")
+    gold = torch.randint(10, 20, (13, 7), generator=torch.Generator().manual_seed(2))
+    gold[:, 0] = BOS_ID
+    torch.manual_seed(5)
+    own = torch.rand(gold.shape) >= 0.8  # the coins the pass tosses first
+    own[:, 0] = False
+    sizes: list[int] = []
+    step, predict = head.decoder.step, head.predict
+    monkeypatch.setattr(
+        head.decoder, "step", lambda p, s, m: (sizes.append(p.size(0)), step(p, s, m))[1]
+    )
+    monkeypatch.setattr(
+        head, "predict", lambda v, w, m, r: (sizes.append(r.numel()), predict(v, w, m, r))[1]
+    )
+    mixed = scheduled(model, gold, 0.8, seed=5)
+    assert sizes and set(sizes) <= GRID, sizes
+    assert torch.equal(mixed[~own], gold[~own])  # rows there for the size keep their gold
+    assert not torch.equal(mixed, gold)
+    monkeypatch.setattr(shapes, "ON", False)
+    assert torch.equal(scheduled(model, gold, 0.8, seed=5), mixed)

@@ -110,7 +110,7 @@ def beam_search(
         if left == 0:
             break
         if shapes.rows(left) < dead.numel():  # the live inputs fit a smaller size: compact
-            keep = _kept(dead, shapes.rows(left))
+            keep = shapes.on_grid(~dead)  # every live input, then decided ones to the size
             rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             beams.items, dead = beams.items[keep], dead[keep]
             beams.select(rows)
@@ -121,14 +121,6 @@ def beam_search(
                 memory = memory.width(min(shapes.width(longest), memory.values.size(1)))
     found = found[:batch]
     return [sorted(f, key=lambda h: -h.score)[: opts.n_best] for f in found]
-
-
-def _kept(dead: Tensor, size: int) -> Tensor:
-    """The inputs a compacted batch keeps: every live one, then decided ones up to ``size``,
-    in batch order (an input's k beams stay consecutive rows)."""
-    live = (~dead).nonzero().squeeze(1)
-    filler = dead.nonzero().squeeze(1)[: size - live.numel()]
-    return torch.cat([live, filler]).sort().values
 
 
 def _collect_finished(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hanseq.engine import shapes
 from hanseq.engine.bundle import Side
 from hanseq.engine.dialogue import Turn, source_text
 from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID
@@ -156,14 +157,16 @@ class Batch:
 
 
 def collate(sources: list[list[int]], targets: list[list[int]]) -> Batch:
-    src = _pad(sources)
+    # Sources at the grid's width (engine/shapes.py): the padding is masked, and the
+    # attention's products under bf16 then see a few widths, not every one.
+    src = _pad(sources, shapes.width(max(len(s) for s in sources)))
     tgt_out = _pad(targets)
     tgt_in = _pad([[BOS_ID] + t[:-1] for t in targets])
     return Batch(src, torch.tensor([len(s) for s in sources]), tgt_in, tgt_out)
 
 
-def _pad(rows: list[list[int]]) -> torch.Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), PAD_ID, dtype=torch.long)
+def _pad(rows: list[list[int]], width: int = 0) -> torch.Tensor:
+    out = torch.full((len(rows), max(width, *(len(r) for r in rows))), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hanseq.engine import shapes
 from hanseq.engine.columns import ColumnGenerator
 from hanseq.engine.config import ConfigurationError, ModelConfig
 from hanseq.engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
@@ -81,21 +82,20 @@ class TaskHead(nn.Module):
         """Training: every step of a known input sequence -> logits, batch x tgt_len x vocab,
         or, given ``keep`` (batch x tgt_len, True on real target tokens), only those rows:
         kept x vocab. The generator (and the copy gate) run once over all steps, one large
-        matrix product instead of one per step, and never on padding: the output layer is
-        most of a step's arithmetic."""
+        matrix product instead of one per step, and never on padding (but for the few rows
+        that put the count on engine/shapes.py's grid): the output layer is most of a step's
+        arithmetic."""
         vectors, weights = self.decoder.unroll(inputs, state, memory)
-        if keep is None:
-            keep = torch.ones(inputs.shape, dtype=torch.bool, device=inputs.device)
-            shape = (*inputs.shape, -1)
-        else:
-            shape = (-1, self.generator.weight.size(0))
-        logits = self.generator(vectors[keep])
+        rows = None if keep is None else _kept_rows(keep)
+        logits = self.generator(_pick(vectors, rows))
         if self.copy is not None:
             assert memory.copy is not None, "a copy head's memory comes from its own prepare()"
             ids = memory.copy.ids.unsqueeze(1).expand(*inputs.shape, -1)
             mass = memory.copy.mass(weights)  # all steps in one product
-            logits = self.copy(logits, vectors[keep], mass[keep], ids[keep])
-        return logits.view(shape)
+            logits = self.copy(logits, _pick(vectors, rows), _pick(mass, rows), _pick(ids, rows))
+        if keep is None:
+            return logits.view(*inputs.shape, -1)
+        return logits[: int(keep.sum())]  # the grid's extra rows go before the loss
 
     def predict(self, vector: Tensor, weights: Tensor, memory: Memory, rows: Tensor) -> Tensor:
         """Logits (or a copy head's log-probabilities) of these ``rows`` of a step only."""
@@ -214,17 +214,20 @@ class Seq2Seq(nn.Module):
         own = torch.rand(gold.shape, device=gold.device) >= gold_ratio
         own[:, 0] = False  # the first input is always BOS
         own &= gold != PAD_ID
-        sentences = own.any(1).nonzero().squeeze(1)
-        if sentences.numel() == 0:
+        if not bool(own.any()):
             return gold
+        # Sentences and predicted rows at the grid's sizes (engine/shapes.py): the others
+        # among them only keep the size; their inputs stay gold.
+        sentences = shapes.on_grid(own.any(1))
         own, inputs = own[sentences], gold[sentences].clone()
         memory, state = memory.index_select(sentences), state.index_select(sentences)
         with torch.no_grad():
             for t in range(1, int(own.any(0).nonzero().max()) + 1):
                 vector, state, weights = head.decoder.step(inputs[:, t - 1], state, memory)
-                rows = own[:, t].nonzero().squeeze(1)
-                if rows.numel():
-                    inputs[rows, t] = head.predict(vector, weights, memory, rows).argmax(-1)
+                if bool(own[:, t].any()):
+                    rows = shapes.on_grid(own[:, t])
+                    guess = head.predict(vector, weights, memory, rows).argmax(-1)
+                    inputs[rows, t] = torch.where(own[rows, t], guess, inputs[rows, t])
         mixed = gold.clone()
         mixed[sentences] = inputs
         return mixed
@@ -263,3 +266,18 @@ def initialize(model: nn.Module, scale: float) -> None:
         for module in model.modules():
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()
+
+
+def _kept_rows(keep: Tensor) -> Tensor:
+    """The flat positions where ``keep`` is True, in order, then the first of them repeated
+    up to the grid's row count (engine/shapes.py: a count that repeats across steps lets
+    oneDNN reuse the output layer's kernels under bf16)."""
+    rows = keep.reshape(-1).nonzero().squeeze(1)
+    extra = shapes.tokens(rows.numel()) - rows.numel()
+    return torch.cat([rows, rows[:1].expand(extra)]) if extra and rows.numel() else rows
+
+
+def _pick(values: Tensor, rows: Tensor | None) -> Tensor:
+    """batch x steps x ... -> (batch * steps) x ..., or only ``rows`` of it."""
+    flat = values.reshape(-1, *values.shape[2:])
+    return flat if rows is None else flat.index_select(0, rows)
