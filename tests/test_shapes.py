@@ -10,6 +10,7 @@ from hanseq.engine.columns import ColumnGenerator
 from hanseq.engine.continuous import RunningBatch
 from hanseq.engine.options import SearchOptions
 from tests.conftest import encode_texts, reversal_pairs
+from tests.test_model import tiny
 
 INPUTS = [line.split("\t")[0] for line in reversal_pairs(40, seed=11)]
 GRID = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128}
@@ -119,35 +120,20 @@ def test_shortlist_products_run_on_the_column_grid(count):
 # ---- training: the output layer's rows and the sources' width -------------------------------
 
 
-def training_model(copy: bool):
-    from hanseq.engine.config import ModelConfig
-    from hanseq.engine.heads import build_model
-    from hanseq.engine.pointer import NOT_COPYABLE
-
-    cfg = ModelConfig(embedding_dim=16, hidden_size=24, dropout=0.0, copy=copy)
-    maps = None
-    if copy:
-        mapping = torch.full((30,), NOT_COPYABLE)
-        mapping[4:10] = torch.arange(10, 16)
-        maps = {"t": mapping}
-    torch.manual_seed(0)
-    return build_model(cfg, 30, {"t": 20}, maps or {})
-
-
 @pytest.mark.parametrize("copy", [False, True])
 def test_training_runs_the_output_layer_on_the_token_grid(copy):
     from hanseq.engine.data import collate
     from hanseq.engine.vocabulary import PAD_ID
 
-    model = training_model(copy)
+    model = tiny(copy=copy)
     sources = [[4, 5, 6, 20, 7], [8, 9, 21], [4, 4, 5, 6, 7, 8, 9, 22, 23]]
     targets = [[10, 11, 12, 2], [13, 2], [14, 15, 10, 11, 16, 2]]
     batch = collate(sources, targets)
     assert batch.src.size(1) == shapes.width(9) == 16  # the sources at the grid's width
     keep = batch.tgt_out != PAD_ID  # 12 real tokens
     rows: list[int] = []
-    model.head("t").generator.register_forward_hook(lambda m, i, o: rows.append(i[0].size(0)))
-    logits = model("t", batch.src, batch.src_len, batch.tgt_in, 1.0, keep)
+    model.head("a").generator.register_forward_hook(lambda m, i, o: rows.append(i[0].size(0)))
+    logits = model("a", batch.src, batch.src_len, batch.tgt_in, 1.0, keep)
     assert rows == [shapes.tokens(12)] == [64]
     assert logits.shape == (12, 20)  # the extra rows cut off before the loss
     # (that these are the real tokens' logits: tests/test_model.py, the kept positions)
@@ -164,7 +150,7 @@ def test_training_sources_off_the_grid_keep_their_length(grid_off):
 def scheduled(model, gold: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
     from hanseq.engine.heads import Seq2Seq
 
-    head = model.head("t")
+    head = model.head("a")
     src = torch.randint(4, 30, (gold.size(0), 6), generator=torch.Generator().manual_seed(1))
     memory, state = head.prepare(model.encode(src, torch.full((gold.size(0),), 6)))
     torch.manual_seed(seed)
@@ -174,8 +160,8 @@ def scheduled(model, gold: torch.Tensor, ratio: float, seed: int) -> torch.Tenso
 def test_scheduled_sampling_predicts_on_the_grid_and_as_off_it(monkeypatch):
     from hanseq.engine.vocabulary import BOS_ID
 
-    model = training_model(copy=True)
-    head = model.head("t")
+    model = tiny(copy=True)
+    head = model.head("a")
     gold = torch.randint(10, 20, (13, 7), generator=torch.Generator().manual_seed(2))
     gold[:, 0] = BOS_ID
     torch.manual_seed(5)

@@ -165,8 +165,10 @@ def collate(sources: list[list[int]], targets: list[list[int]]) -> Batch:
     return Batch(src, torch.tensor([len(s) for s in sources]), tgt_in, tgt_out)
 
 
-def _pad(rows: list[list[int]], width: int = 0) -> torch.Tensor:
-    out = torch.full((len(rows), max(width, *(len(r) for r in rows))), PAD_ID, dtype=torch.long)
+def _pad(rows: list[list[int]], width: int | None = None) -> torch.Tensor:
+    """``width``: at least the longest row's length (default: that length)."""
+    width = width or max(len(r) for r in rows)
+    out = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r)
     return out
