@@ -154,6 +154,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="set a task's default decoding options (beam_size, length_penalty, "
         "no_repeat_ngram), used where a request sets none; TASK:none clears them. Repeatable.",
     )
+    p.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        metavar="TASK=BUNDLE",
+        help="take (or add) TASK's head (weights, target side, shortlist, scores) from BUNDLE, "
+        "trained from the same bundle with freeze_encoder; refused unless its encoder is "
+        "--model's bit for bit. Repeatable; applied before --decoding and --shortlist.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +344,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hanseq.engine.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(args.model)
+    if args.head:
+        from hanseq.engine.compose import take_heads
+
+        take_heads(bundle, _head_flags(args.head))
     heads = {t: bundle.model.head(t) for t in bundle.tasks}
     lexicons = {t: h.lexicon for t, h in heads.items() if h.lexicon is not None}
     if args.shortlist:
@@ -370,6 +383,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     tables = f", shortlist tables for {', '.join(lexicons)}" if lexicons else ""
     print(f"wrote {output} ({size:.1f} MB of weights, {str(dtype).split('.')[-1]}{tables})")
     return 0
+
+
+def _head_flags(flags: list[str]) -> dict[str, Bundle]:
+    """``TASK=BUNDLE`` flags -> the donor bundle of each task (loaded, verified)."""
+    from hanseq.engine.bundle import load_bundle
+    from hanseq.engine.options import InvalidOptions
+
+    out = {}
+    for flag in flags:
+        task, sep, path = flag.partition("=")
+        if not sep or not path:
+            raise InvalidOptions(f"--head {flag}: expected TASK=BUNDLE")
+        out[task] = load_bundle(path)
+    return out
 
 
 def _decoding_flags(flags: list[str], tasks: list[str]) -> dict[str, dict[str, float | int]]:
