@@ -160,12 +160,7 @@ def load_bundle(
         model_cfg = from_dict(ModelConfig, manifest["model"], "model")
     except (KeyError, ValueError, OSError) as e:
         raise BundleError(f"{directory / MANIFEST}: inconsistent bundle: {e}") from None
-    model = build_model(
-        model_cfg,
-        len(source.vocab),
-        {t: len(s.vocab) for t, s in targets.items()},
-        copy_maps(source.vocab, {t: s.vocab for t, s in targets.items()}),
-    )
+    model = model_for(model_cfg, source, targets)
     _load_weights(model, directory / WEIGHTS)
     model.to(device).eval()
     for task, entry in manifest["tasks"].items():
@@ -176,6 +171,17 @@ def load_bundle(
             except Exception as e:  # safetensors raises its own error types
                 raise BundleError(f"{path}: cannot read the shortlist table: {e}") from None
     return Bundle(directory, manifest, model, model_cfg, source, targets)
+
+
+def model_for(model_cfg: ModelConfig, source: Side, targets: dict[str, Side]) -> Seq2Seq:
+    """A freshly initialised model for these sides: one head per target, sized to its
+    vocabulary, with the copy maps between the source's vocabulary and each target's."""
+    return build_model(
+        model_cfg,
+        len(source.vocab),
+        {t: len(s.vocab) for t, s in targets.items()},
+        copy_maps(source.vocab, {t: s.vocab for t, s in targets.items()}),
+    )
 
 
 def _tokenizer_cfg(entry: dict[str, Any], where: str) -> TokenizerConfig:

@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 
-from hanseq.engine.bundle import Bundle, BundleError
-from hanseq.engine.heads import build_model
-from hanseq.engine.pointer import copy_maps
+from hanseq.engine.bundle import Bundle, BundleError, model_for
 
 
 def take_heads(bundle: Bundle, donors: dict[str, Bundle]) -> None:
@@ -25,12 +23,7 @@ def take_heads(bundle: Bundle, donors: dict[str, Bundle]) -> None:
     for task, donor in donors.items():
         _check_same_encoder(bundle, donor, task)
     targets = {**bundle.targets, **{t: d.targets[t] for t, d in donors.items()}}
-    model = build_model(
-        bundle.model_cfg,
-        len(bundle.source.vocab),
-        {t: len(s.vocab) for t, s in targets.items()},
-        copy_maps(bundle.source.vocab, {t: s.vocab for t, s in targets.items()}),
-    )
+    model = model_for(bundle.model_cfg, bundle.source, targets)
     state = {n: v for n, v in bundle.model.state_dict().items() if not _in_heads(n, donors)}
     for task, donor in donors.items():
         prefix = f"heads.{task}."

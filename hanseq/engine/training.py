@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hanseq.engine import distributed as dist_utils
-from hanseq.engine.bundle import Bundle, Side, load_bundle, save_bundle
+from hanseq.engine.bundle import Bundle, Side, load_bundle, model_for, save_bundle
 from hanseq.engine.config import Config, ConfigurationError
 from hanseq.engine.data import (
     BatchStream,
@@ -38,11 +38,10 @@ from hanseq.engine.data import (
     with_context,
 )
 from hanseq.engine.dialogue import MARKS, read_histories, split_marks
-from hanseq.engine.heads import Seq2Seq, build_model
+from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.metrics import task_scores
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
-from hanseq.engine.pointer import copy_maps
 from hanseq.engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from hanseq.engine.shortlist import LexicalTable
 from hanseq.engine.tokenizers import VocabularyTooSmall, build_tokenizer
@@ -100,10 +99,7 @@ class Trainer:
         self.carried: dict[str, Side] = {}
         if self.base is not None:
             self.carried = {t: s for t, s in self.base.targets.items() if t not in self.targets}
-        heads = {**self.carried, **self.targets}
-        sizes = {task: len(side.vocab) for task, side in heads.items()}
-        maps = copy_maps(self.source.vocab, {t: s.vocab for t, s in heads.items()})
-        self.model: Seq2Seq = build_model(cfg.model, len(self.source.vocab), sizes, maps)
+        self.model: Seq2Seq = model_for(cfg.model, self.source, {**self.carried, **self.targets})
         self.frozen: dict[str, torch.Tensor] = {}
         if self.base is not None:
             self._start_from_base(self.base)
