@@ -80,7 +80,7 @@ def test_a_new_head_on_a_frozen_encoder_leaves_the_old_task_exactly_as_it_was(
     )
     assert out.manifest["tasks"]["copy"]["valid_scores"]["rouge_l"] > 0
     assert out.manifest["training"]["init_from"] == {
-        "id": base.id, "version": base.version, "freeze_encoder": True,
+        "id": base.id, "version": base.version, "freeze_encoder": True, "hidden_size": 96,
     }  # fmt: skip
     before = [g.text for g in Pipeline.from_bundle(base).generate("reverse", TEXTS)]
     after = [g.text for g in Pipeline.from_bundle(out).generate("reverse", TEXTS)]
@@ -121,8 +121,12 @@ def test_fine_tuning_a_head_it_has_on_the_frozen_encoder_changes_that_head_only(
     [
         ({"source": {"kind": "sentencepiece", "vocab_size": 500}},
          "source.kind: 'sentencepiece' is not init_from's bundle's 'mecab' .a head on its"),
-        ({"model": {"hidden_size": 128, "rnn": "gru"}},
-         "model.hidden_size: 128 is not init_from's bundle's 96"),
+        ({"model": {"embedding_dim": 64}},
+         "model.embedding_dim: 64 is not init_from's bundle's 48"),
+        ({"model": {"hidden_size": 64}},
+         "model.hidden_size: cannot grow init_from's model: .* can only grow .96 -> 64."),
+        ({"model": {"hidden_size": 128}, "freeze_encoder": True},
+         "model.hidden_size: cannot grow init_from's model: freeze_encoder keeps"),
         ({"init_from": "/nonexistent/bundle"},
          "init_from: /nonexistent/bundle is not a hanseq bundle: no bundle.json"),
         ({"init_from": "", "freeze_encoder": True}, "freeze_encoder: needs init_from"),

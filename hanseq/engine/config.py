@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from hanseq.engine.manifest import MANIFEST
+from hanseq.engine.widen import can_widen
 
 
 class ConfigurationError(ValueError):
@@ -163,7 +164,19 @@ def inherit(cfg: Config, raw: dict[str, Any]) -> None:
     cfg.source = from_dict(TokenizerConfig, manifest["source"]["tokenizer"], "source")
     _must_match("source", raw.get("source"), cfg.source, "a head on its encoder reads its tokens")
     cfg.model = from_dict(ModelConfig, manifest["model"], "model")
-    _must_match("model", raw.get("model"), cfg.model, "the encoder's shape is the bundle's")
+    given = raw.get("model")
+    if isinstance(given, dict) and given.get("hidden_size", cfg.model.hidden_size) != (
+        cfg.model.hidden_size
+    ):  # a bigger hidden size grows the bundle's model (engine/widen.py)
+        given = {k: v for k, v in given.items() if k != "hidden_size"}
+        cfg.model.hidden_size = raw["model"]["hidden_size"]
+        base_model = from_dict(ModelConfig, manifest["model"], "model")
+        why = can_widen(base_model, cfg.model)
+        if why is None and cfg.freeze_encoder:
+            why = "freeze_encoder keeps an encoder that growing changes"
+        if why is not None:
+            raise ConfigurationError(f"model.hidden_size: cannot grow init_from's model: {why}")
+    _must_match("model", given, cfg.model, "the encoder's shape is the bundle's")
     for name, task in cfg.tasks.items():
         entry = manifest["tasks"].get(name)
         if entry is None:

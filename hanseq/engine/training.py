@@ -46,6 +46,7 @@ from hanseq.engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from hanseq.engine.shortlist import LexicalTable
 from hanseq.engine.tokenizers import VocabularyTooSmall, build_tokenizer
 from hanseq.engine.vocabulary import PAD_ID, Vocabulary
+from hanseq.engine.widen import widen
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,10 @@ class Trainer:
         """The base bundle's weights into every head it has (new heads keep their random
         start); with freeze_encoder, its encoder and the heads this run does not train take no
         gradient at all (a head it does train, new or the bundle's, learns on that encoder)."""
-        missing, unexpected = self.model.load_state_dict(base.model.state_dict(), strict=False)
+        state = base.model.state_dict()
+        if base.model_cfg.hidden_size != self.cfg.model.hidden_size:  # checked by the config
+            state = widen(state, base.model_cfg, self.cfg.model, self.t.seed)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
         new = tuple(f"heads.{t}." for t in self.targets if t not in base.targets)
         if unexpected or any(not name.startswith(new) for name in missing):
             raise ConfigurationError(f"init_from: {base.path}'s weights do not fit this model")
@@ -507,6 +511,7 @@ class Trainer:
                 "id": self.base.id,
                 "version": self.base.version,
                 "freeze_encoder": self.cfg.freeze_encoder,
+                "hidden_size": self.base.model_cfg.hidden_size,  # less than ours: widened
             }
         lexicons = {
             t: lexicon(d.train, self.source, self.targets[t]) for t, d in self.tasks.items()
