@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hanseq.engine.bundle import load_bundle
@@ -242,3 +246,37 @@ def test_train_with_a_vocabulary_too_small_names_the_key_and_a_size(toy_corpus, 
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "source.vocab_size: 50 is too small for this data, which needs at least" in run.stderr
     assert "try 300 or more" in run.stderr
+
+
+def test_sigterm_checkpoints_the_step_and_a_rerun_resumes_there(toy_corpus, tmp_path):
+    """A run stopped by SIGTERM (an evicted pod, ``kill``) keeps its last step; the same command
+    resumes from it, and ``--max-minutes`` gives that rerun its own budget."""
+    config = write_training_yaml(
+        tmp_path / "c.yaml", toy_corpus, tmp_path / "run",
+        max_steps=1_000_000, valid_every=1_000_000, max_minutes=0, progress=False,
+    )  # fmt: skip
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(
+        [str(BIN / "hanseq"), "train", "--config", str(config)],
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        # training has begun once its log has the data report; then give it a few steps
+        log = tmp_path / "run" / "log.jsonl"
+        deadline = time.monotonic() + 240
+        while not log.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        assert not checkpoint.exists()  # no validation yet: only the signal writes one
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    step = int(re.search(r"SIGTERM: stopped at step (\d+), checkpoint ", stderr).group(1))
+    assert step > 0 and torch.load(checkpoint, weights_only=True)["step"] == step
+    rerun = hanseq("train", "--config", str(config), "--max-minutes", "0.05")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed from {checkpoint} at step {step}" in rerun.stdout
+    assert (tmp_path / "run" / "bundle" / "bundle.json").is_file()  # the budget's end: a bundle
+    assert hanseq("train", "--config", str(config), "--max-minutes", "-1").returncode == 2

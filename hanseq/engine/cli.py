@@ -99,6 +99,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="start afresh even if output_dir has a checkpoint",
     )
     p.add_argument("--max-steps", type=int, help="override training.max_steps")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="override training.max_minutes: this invocation's wall-clock budget (0: none); "
+        "then it validates, averages and writes the bundle, and a rerun resumes",
+    )
     p.add_argument("--output-dir", help="override training.output_dir")
     p.add_argument(
         "--mixed-precision",
@@ -201,17 +207,26 @@ def run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hanseq.engine.config import load_config
+    from hanseq.engine.stopping import TrainingInterrupted
     from hanseq.engine.training import train
 
     cfg = load_config(args.config)
     cfg.data.strict = cfg.data.strict or args.strict
     if args.max_steps:
         cfg.training.max_steps = args.max_steps
+    if args.max_minutes is not None:
+        if args.max_minutes < 0:
+            raise ConfigurationError("--max-minutes: must be >= 0 (0: no budget)")
+        cfg.training.max_minutes = args.max_minutes
     if args.output_dir:
         cfg.training.output_dir = str(Path(args.output_dir).resolve())
     if args.mixed_precision:
         cfg.training.mixed_precision = args.mixed_precision
-    train(cfg, resume=not args.no_resume)
+    try:
+        train(cfg, resume=not args.no_resume)
+    except TrainingInterrupted as e:
+        print(f"hanseq train: {e}", file=sys.stderr)
+        return 128 + e.signum  # as the shell reports a process the signal ended
     return 0
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.schedules import learning_rate_factor, teacher_forcing_ratio
 from hanseq.engine.shortlist import LexicalTable
+from hanseq.engine.stopping import StopRequest, TrainingInterrupted
 from hanseq.engine.tokenizers import VocabularyTooSmall, build_tokenizer
 from hanseq.engine.vocabulary import PAD_ID, Vocabulary
 from hanseq.engine.widen import widen
@@ -262,6 +264,8 @@ class Trainer:
         if resume:
             self._resume()
         started = self._started = time.monotonic()
+        if self.ctx.is_main:  # each invocation: where it began, and with which budget
+            self._log({"event": "start", "step": self.step, "max_minutes": self.t.max_minutes})
         bar = tqdm(
             total=self.t.max_steps,
             initial=self.step,
@@ -273,26 +277,45 @@ class Trainer:
         tokens, window = 0, time.monotonic()
         loss_sum, loss_tokens = 0.0, 0  # since the last validation: one batch's loss is noise
         stop = False
-        while self.step < self.t.max_steps and not stop:
-            loss, n_tokens = self._train_step()
-            self.step += 1
-            tokens += n_tokens
-            loss_sum, loss_tokens = loss_sum + loss * n_tokens, loss_tokens + n_tokens
-            bar.update(1)
-            if self.step % 10 == 0:
-                rate = tokens / max(time.monotonic() - window, 1e-9)
-                bar.set_postfix(self._postfix(loss, rate, started))
-                tokens, window = 0, time.monotonic()
-            out_of_time = (
-                self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
-            )
-            if self.step % self.t.valid_every == 0 or self.step == self.t.max_steps or out_of_time:
-                stop = self._validate_and_checkpoint(loss_sum / max(loss_tokens, 1)) or out_of_time
-                loss_sum, loss_tokens = 0.0, 0
-                stop = dist_utils.broadcast_flag(self.ctx, stop)
+        with StopRequest() as signalled:
+            while self.step < self.t.max_steps and not stop:
+                loss, n_tokens = self._train_step()
+                self.step += 1
+                if dist_utils.broadcast_flag(self.ctx, signalled.signum is not None):
+                    bar.close()
+                    self._interrupted(signalled.signum or signal.SIGTERM)
+                tokens += n_tokens
+                loss_sum, loss_tokens = loss_sum + loss * n_tokens, loss_tokens + n_tokens
+                bar.update(1)
+                if self.step % 10 == 0:
+                    rate = tokens / max(time.monotonic() - window, 1e-9)
+                    bar.set_postfix(self._postfix(loss, rate, started))
+                    tokens, window = 0, time.monotonic()
+                out_of_time = (
+                    self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
+                )
+                if (
+                    self.step % self.t.valid_every == 0
+                    or self.step == self.t.max_steps
+                    or out_of_time
+                ):
+                    stop = (
+                        self._validate_and_checkpoint(loss_sum / max(loss_tokens, 1)) or out_of_time
+                    )
+                    loss_sum, loss_tokens = 0.0, 0
+                    stop = dist_utils.broadcast_flag(self.ctx, stop)
         bar.close()
         dist_utils.barrier(self.ctx)
         return self._finish() if self.ctx.is_main else self.out / "bundle"
+
+    def _interrupted(self, signum: int) -> None:
+        """SIGTERM or Ctrl-C: the step that ran is kept (no validation: a pod's grace period
+        is ~30 s), and the same command resumes from it."""
+        if self.ctx.is_main:
+            self._save_last(self._state())
+            self._log({"event": "stopped", "step": self.step, "signal": signum})
+        dist_utils.barrier(self.ctx)
+        raise TrainingInterrupted(signum, self.step, self.ckpt_dir / "last.pt")
 
     def _postfix(self, loss: float, rate: float, started: float) -> dict[str, str]:
         postfix = {
@@ -413,10 +436,8 @@ class Trainer:
         }
 
     def _save_checkpoint(self, score: float) -> None:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = self._state()
-        torch.save(state, self.ckpt_dir / "last.pt.tmp")
-        (self.ckpt_dir / "last.pt.tmp").replace(self.ckpt_dir / "last.pt")
+        self._save_last(state)
         ranked = sorted(self.history.records, key=lambda r: -r["score"])
         keep = {r["step"] for r in ranked[: self.t.keep_checkpoints]}
         if self.step in keep:
@@ -426,6 +447,13 @@ class Trainer:
         for path in self.ckpt_dir.glob("step-*.pt"):
             if int(path.stem.split("-")[1]) not in keep:
                 path.unlink()
+
+    def _save_last(self, state: dict[str, Any]) -> None:
+        """The checkpoint a run resumes from, replaced atomically (a kill mid-write leaves the
+        previous one)."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(state, self.ckpt_dir / "last.pt.tmp")
+        (self.ckpt_dir / "last.pt.tmp").replace(self.ckpt_dir / "last.pt")
 
     def _resume(self) -> None:
         path = self.ckpt_dir / "last.pt"
