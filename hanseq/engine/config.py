@@ -17,7 +17,6 @@ from typing import Any, Literal
 import yaml
 
 from hanseq.engine.manifest import MANIFEST
-from hanseq.engine.widen import can_widen
 
 
 class ConfigurationError(ValueError):
@@ -185,6 +184,22 @@ def inherit(cfg: Config, raw: dict[str, Any]) -> None:
         given = raw.get("tasks", {}).get(name, {}).get("target")
         _must_match(f"tasks.{name}.target", given, target, "fine-tuning keeps the head's")
         task.target = target
+
+
+def can_widen(old: ModelConfig, new: ModelConfig) -> str | None:
+    """Why ``old`` cannot grow into ``new`` (None when it can): only the hidden size may
+    differ, and only upwards (engine/widen.py grows the weights; this is torch-free)."""
+    for key, value in vars(new).items():
+        if key != "hidden_size" and getattr(old, key) != value:
+            return f"model.{key} differs ({getattr(old, key)!r} -> {value!r})"
+    if new.hidden_size < old.hidden_size:
+        return f"model.hidden_size can only grow ({old.hidden_size} -> {new.hidden_size})"
+    if new.attention == "dot":
+        return "model.attention: dot cannot be widened (the scores would change)"
+    directions = 2 if new.bidirectional else 1
+    if new.hidden_size % directions:
+        return f"model.hidden_size {new.hidden_size} must split over {directions} directions"
+    return None
 
 
 def _must_match(where: str, given: Any, inherited: Any, why: str) -> None:

@@ -20,31 +20,12 @@ copy would both meet the key's copy: the scores would double) and is refused.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # config.py asks can_widen when it reads a config
-    from hanseq.engine.config import ModelConfig
+from hanseq.engine.config import ModelConfig, can_widen
 
 State = dict[str, Tensor]
-
-
-def can_widen(old: ModelConfig, new: ModelConfig) -> str | None:
-    """Why ``old`` cannot grow into ``new`` (None when it can): only the hidden size may
-    differ, and only upwards."""
-    for key, value in vars(new).items():
-        if key != "hidden_size" and getattr(old, key) != value:
-            return f"model.{key} differs ({getattr(old, key)!r} -> {value!r})"
-    if new.hidden_size < old.hidden_size:
-        return f"model.hidden_size can only grow ({old.hidden_size} -> {new.hidden_size})"
-    if new.attention == "dot":
-        return "model.attention: dot cannot be widened (the scores would change)"
-    directions = 2 if new.bidirectional else 1
-    if new.hidden_size % directions:
-        return f"model.hidden_size {new.hidden_size} must split over {directions} directions"
-    return None
 
 
 def widen(state: State, old: ModelConfig, new: ModelConfig, seed: int = 0) -> State:
