@@ -162,14 +162,13 @@ def inherit(cfg: Config, raw: dict[str, Any]) -> None:
     manifest = _manifest_of(base)
     cfg.source = from_dict(TokenizerConfig, manifest["source"]["tokenizer"], "source")
     _must_match("source", raw.get("source"), cfg.source, "a head on its encoder reads its tokens")
-    cfg.model = from_dict(ModelConfig, manifest["model"], "model")
+    base_model = from_dict(ModelConfig, manifest["model"], "model")
+    cfg.model = dataclasses.replace(base_model)
     given = raw.get("model")
-    if isinstance(given, dict) and given.get("hidden_size", cfg.model.hidden_size) != (
-        cfg.model.hidden_size
-    ):  # a bigger hidden size grows the bundle's model (engine/widen.py)
+    size = base_model.hidden_size
+    if isinstance(given, dict) and given.get("hidden_size", size) != size:  # engine/widen.py
+        cfg.model.hidden_size = given["hidden_size"]
         given = {k: v for k, v in given.items() if k != "hidden_size"}
-        cfg.model.hidden_size = raw["model"]["hidden_size"]
-        base_model = from_dict(ModelConfig, manifest["model"], "model")
         why = can_widen(base_model, cfg.model)
         if why is None and cfg.freeze_encoder:
             why = "freeze_encoder keeps an encoder that growing changes"

@@ -266,47 +266,47 @@ class Trainer:
         started = self._started = time.monotonic()
         if self.ctx.is_main:  # each invocation: where it began, and with which budget
             self._log({"event": "start", "step": self.step, "max_minutes": self.t.max_minutes})
-        bar = tqdm(
-            total=self.t.max_steps,
-            initial=self.step,
-            disable=not self._show_progress(),
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-        )
+        with (
+            tqdm(
+                total=self.t.max_steps,
+                initial=self.step,
+                disable=not self._show_progress(),
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            ) as bar,
+            StopRequest() as signalled,
+        ):
+            self._loop(bar, started, signalled)
+        dist_utils.barrier(self.ctx)
+        return self._finish() if self.ctx.is_main else self.out / "bundle"
+
+    def _loop(self, bar: tqdm, started: float, signalled: StopRequest) -> None:
+        """Train until max_steps, the time budget or early stopping; a signal raises
+        TrainingInterrupted after the step it arrived in."""
         tokens, window = 0, time.monotonic()
         loss_sum, loss_tokens = 0.0, 0  # since the last validation: one batch's loss is noise
         stop = False
-        with StopRequest() as signalled:
-            while self.step < self.t.max_steps and not stop:
-                loss, n_tokens = self._train_step()
-                self.step += 1
-                if dist_utils.broadcast_flag(self.ctx, signalled.signum is not None):
-                    bar.close()
-                    self._interrupted(signalled.signum or signal.SIGTERM)
-                tokens += n_tokens
-                loss_sum, loss_tokens = loss_sum + loss * n_tokens, loss_tokens + n_tokens
-                bar.update(1)
-                if self.step % 10 == 0:
-                    rate = tokens / max(time.monotonic() - window, 1e-9)
-                    bar.set_postfix(self._postfix(loss, rate, started))
-                    tokens, window = 0, time.monotonic()
-                out_of_time = (
-                    self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
-                )
-                if (
-                    self.step % self.t.valid_every == 0
-                    or self.step == self.t.max_steps
-                    or out_of_time
-                ):
-                    stop = (
-                        self._validate_and_checkpoint(loss_sum / max(loss_tokens, 1)) or out_of_time
-                    )
-                    loss_sum, loss_tokens = 0.0, 0
-                    stop = dist_utils.broadcast_flag(self.ctx, stop)
-        bar.close()
-        dist_utils.barrier(self.ctx)
-        return self._finish() if self.ctx.is_main else self.out / "bundle"
+        while self.step < self.t.max_steps and not stop:
+            loss, n_tokens = self._train_step()
+            self.step += 1
+            # rank 0's signal decides: every rank stops after the same step
+            if dist_utils.broadcast_flag(self.ctx, signalled.signum is not None):
+                self._interrupted(signalled.signum or signal.SIGTERM)
+            tokens += n_tokens
+            loss_sum, loss_tokens = loss_sum + loss * n_tokens, loss_tokens + n_tokens
+            bar.update(1)
+            if self.step % 10 == 0:
+                rate = tokens / max(time.monotonic() - window, 1e-9)
+                bar.set_postfix(self._postfix(loss, rate, started))
+                tokens, window = 0, time.monotonic()
+            out_of_time = (
+                self.t.max_minutes > 0 and time.monotonic() - started > 60 * self.t.max_minutes
+            )
+            if self.step % self.t.valid_every == 0 or self.step == self.t.max_steps or out_of_time:
+                stop = self._validate_and_checkpoint(loss_sum / max(loss_tokens, 1)) or out_of_time
+                loss_sum, loss_tokens = 0.0, 0
+                stop = dist_utils.broadcast_flag(self.ctx, stop)
 
     def _interrupted(self, signum: int) -> None:
         """SIGTERM or Ctrl-C: the step that ran is kept (no validation: a pod's grace period
@@ -539,7 +539,7 @@ class Trainer:
                 "id": self.base.id,
                 "version": self.base.version,
                 "freeze_encoder": self.cfg.freeze_encoder,
-                "hidden_size": self.base.model_cfg.hidden_size,  # less than ours: widened
+                "hidden_size": self.base.model_cfg.hidden_size,  # below ours: widened
             }
         lexicons = {
             t: lexicon(d.train, self.source, self.targets[t]) for t, d in self.tasks.items()

@@ -42,10 +42,9 @@ def widen(state: State, old: ModelConfig, new: ModelConfig, seed: int = 0) -> St
     out = dict(state)
     gates = 4 if new.rnn == "lstm" else 3
     for layer in range(new.encoder_layers):
+        inputs = None if layer == 0 else g_enc  # a layer above reads both directions
         for suffix in ("", "_reverse")[:directions]:
-            prefix = "encoder.rnn."
-            inputs = None if layer == 0 else g_enc  # a layer above reads both directions
-            _widen_rnn(out, prefix, f"_l{layer}{suffix}", gates, g_dir, inputs, 0, gen)
+            _widen_rnn(out, "encoder.rnn.", f"_l{layer}{suffix}", gates, g_dir, inputs, 0, gen)
     heads = sorted({name.split(".")[1] for name in state if name.startswith("heads.")})
     for task in heads:
         _widen_decoder(out, f"heads.{task}.decoder.", new, gates, g_dec, g_enc, gen)
