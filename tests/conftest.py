@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+
+# One torch thread per process, here and in every process a test starts (they inherit the
+# environment): OpenMP's threads wait for each other at every operation, so a two-thread
+# process whose second core is busy (CI machines are) crawls. Measured on a 2-vCPU machine with
+# a training on the other core: 200 steps of the toy model took 5.2 s on one thread and 102.6 s
+# on two. The models here are too small for a second thread to help.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import random
 import shutil
 import socket
@@ -28,6 +36,8 @@ from hanseq.engine.config import Config, TaskConfig, from_dict
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.training import train
 from hanseq.service.settings import load_settings
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # were torch imported before this file
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = [
