@@ -37,8 +37,6 @@ from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.training import train
 from hanseq.service.settings import load_settings
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # were torch imported before this file
-
 REPO = Path(__file__).resolve().parent.parent
 WORDS = [
     "사과", "바다", "하늘", "학교", "친구", "음악", "시간", "나무",
