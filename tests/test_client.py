@@ -227,7 +227,7 @@ class ScriptedServer:
     """A real gRPC server for the hanseq service whose every answer ``script(n)`` decides:
     ``None`` = a normal reply, else ``(code, message, trailers)``; ``n`` counts calls."""
 
-    def __init__(self, script, credentials: grpc.ServerCredentials | None = None):
+    def __init__(self, script, credentials: grpc.ServerCredentials | None = None, port: int = 0):
         self.script, self.calls, self.times, self.metadata = script, 0, [], []
         self.server = grpc.server(futures.ThreadPoolExecutor(4))
         handlers = {
@@ -246,9 +246,9 @@ class ScriptedServer:
             (grpc.method_handlers_generic_handler("hanseq.v1.Seq2Seq", handlers),)
         )
         if credentials is None:
-            port = self.server.add_insecure_port("127.0.0.1:0")
+            port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         else:
-            port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            port = self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         self.target = f"127.0.0.1:{port}"
         self.server.start()
 
@@ -318,6 +318,27 @@ async def test_status_code_becomes_its_exception(code):
             assert error.request_id == "rid-7" and str(error) == f"{code}: scripted {code}"
             if code == "RESOURCE_EXHAUSTED":
                 assert error.retry_after == 1.5
+    finally:
+        server.stop()
+
+
+def test_a_new_client_reaches_a_restarted_server_at_once():
+    """A server restarted on the same address (a redeploy, or the OS handing a stopped server's
+    port to the next) is reached by a client made after it, on its first call and without
+    retries: with gRPC's process-wide connection pool such a client inherited the old
+    connection's reconnect backoff and failed at once with UNAVAILABLE, "connection refused"
+    (most rounds here, before the fix). Each call has an event loop of its own, as each
+    test has (a loop-less sync client, then an asyncio one)."""
+    script = lambda n: (grpc.StatusCode.DATA_LOSS, "scripted", ())  # noqa: E731
+    server = ScriptedServer(script)
+    port = int(server.target.rsplit(":", 1)[1])
+    try:
+        for _ in range(20):
+            for call in (_sync_translate, _async_translate):
+                with pytest.raises(E.ServerError, match="DATA_LOSS"):  # not UNAVAILABLE
+                    asyncio.run(call(server.target))
+            server.stop()
+            server = ScriptedServer(script, port=port)
     finally:
         server.stop()
 

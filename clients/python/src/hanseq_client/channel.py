@@ -100,6 +100,10 @@ class Connection:
         options: list[tuple[str, Any]] = [
             ("grpc.service_config", json.dumps(service_config(self.retry))),
             ("grpc.enable_retries", 1),
+            # Connections of this client's own: in gRPC's process-wide pool a new client to an
+            # address whose server just restarted took over the old connection's reconnect
+            # backoff and failed at once with "connection refused" (tests/test_client.py)
+            ("grpc.use_local_subchannel_pool", 1),
             ("grpc.primary_user_agent", f"hanseq-client-python/{__version__}"),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
