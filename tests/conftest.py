@@ -16,6 +16,12 @@ import os
 # on two. The models here are too small for a second thread to help.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The real corpora, for the few tests that read them. HANSEQ_CORPORA wins over every config's
+# data.root (engine/config.py), so a developer's setting would send the toy runs of every other
+# test to it: it is taken out of this process's environment here, and the tests that read the
+# real corpora hand it to what they start themselves (real_corpora() below).
+_CORPORA = os.environ.pop("HANSEQ_CORPORA", "")
+
 import random
 import shutil
 import socket
@@ -44,8 +50,13 @@ WORDS = [
 ]  # fmt: skip
 
 
-def corpora_root() -> Path:
-    return Path(os.environ.get("HANSEQ_CORPORA") or REPO.parent / "shared" / "corpora")
+def real_corpora() -> Path:
+    """$HANSEQ_CORPORA, or ../shared/corpora beside the checkout; the test is skipped, and says
+    where it looked, when neither holds them (a clone outside the workspace)."""
+    root = Path(_CORPORA) if _CORPORA else REPO.parent / "shared" / "corpora"
+    if not (root / "translate-koen" / "valid.tsv").is_file():
+        pytest.skip(f"corpora not found at {root} (set HANSEQ_CORPORA)")
+    return root.resolve()
 
 
 def reversal_pairs(count: int, seed: int, min_words: int = 3, max_words: int = 7) -> list[str]:

@@ -17,7 +17,7 @@ from hanseq.engine.bundle import load_bundle
 from hanseq.engine.config import load_config
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.training import train
-from tests.conftest import REPO
+from tests.conftest import REPO, real_corpora
 from tests.test_cli import hanseq
 from tests.test_init_from import BIN, README_BASH, TEXTS, copy_corpus, write_config  # noqa: F401
 
@@ -122,7 +122,7 @@ def test_the_readme_example_runs_with_a_tiny_budget(tmp_path):
     lines = [ln.strip() for ln in block.replace("\\\n", " ").splitlines() if ln.strip()]
     first, second, wait, export = lines
     assert first.endswith("&") and wait == "wait"
-    corpora = _first_lines(REPO.parent / "shared" / "corpora", tmp_path / "corpora")
+    corpora = _first_lines(real_corpora(), tmp_path / "corpora")
     runs = {name: tmp_path / name for name in ("heads-respond-summarize", "heads-translate")}
     for line, (name, out) in zip((first, second), runs.items(), strict=True):
         assert name in line

@@ -19,7 +19,7 @@ from hanseq.engine.bundle import load_bundle
 from hanseq.engine.config import ConfigurationError, load_config
 from hanseq.engine.pipeline import Pipeline
 from hanseq.engine.training import train
-from tests.conftest import REPO, free_port, reversal_pairs, wait_serving
+from tests.conftest import REPO, free_port, real_corpora, reversal_pairs, wait_serving
 
 TEXTS = [line.split("\t")[0] for line in reversal_pairs(12, seed=77)]
 BIN = Path(sys.executable).parent
@@ -149,7 +149,8 @@ def test_the_readme_worked_example_runs_with_a_tiny_budget(tmp_path):
     lines = [ln.strip() for ln in block.replace("\\\n", " ").splitlines() if ln.strip()]
     out = tmp_path / "run"
     bundle = str(out / "bundle")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    corpora = real_corpora()  # the config reads it from HANSEQ_CORPORA, eval's --data by path
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HANSEQ_CORPORA": str(corpora)}
 
     def run(line: str) -> subprocess.CompletedProcess:
         done = subprocess.run(
@@ -161,7 +162,8 @@ def test_the_readme_worked_example_runs_with_a_tiny_budget(tmp_path):
     train_line, eval_line, serve_line, *client_lines = lines
     run(train_line.split("#")[0] + f" --max-steps 30 --output-dir {out}")
     assert json.loads((out / "bundle" / "bundle.json").read_text())["tasks"]["keyphrase"]
-    scored = run(eval_line.replace("runs/keyphrase/bundle", bundle) + " --max-examples 40")
+    eval_line = eval_line.replace("runs/keyphrase/bundle", bundle)
+    scored = run(eval_line.replace("../shared/corpora", str(corpora)) + " --max-examples 40")
     assert "rouge_l" in scored.stdout
     port = free_port()
     serve = serve_line.split("#")[0].replace("runs/keyphrase/bundle", bundle).rstrip(" &")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hanseq.engine import korean
-from tests.conftest import corpora_root
+from tests.conftest import real_corpora
 
 # Hangul syllables and jamo, Latin, digits, punctuation, emoji, CJK, odd whitespace, controls.
 FRAGMENTS = st.one_of(
@@ -30,9 +29,7 @@ def test_round_trip_on_generated_strings(text):
 
 
 def test_round_trip_on_real_corpus_lines():
-    root = corpora_root()
-    if not root.is_dir():
-        pytest.skip(f"corpora not found at {root} (set HANSEQ_CORPORA)")
+    root = real_corpora()
     checked = 0
     for name in ["translate-koen", "dialogue-ko", "summarize-ko"]:
         with (root / name / "valid.tsv").open(encoding="utf-8") as f:
