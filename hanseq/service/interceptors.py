@@ -57,6 +57,7 @@ class _CallRecord:
         self.span = span
         self.method, self.code, self.started = method, grpc.StatusCode.OK, time.perf_counter()
         self.kind, self.task, self.metrics = kind, task, metrics
+        self.counted = False  # the request's metrics are recorded once (see _count)
         if metrics is not None:
             metrics.grpc_started.labels(kind, SERVICE, method).inc()
         self.rid = _incoming_id(context)
@@ -76,22 +77,33 @@ class _CallRecord:
         if isinstance(error, ServiceError):
             self.code = error.code
             context.set_trailing_metadata((("x-request-id", self.rid), *error.trailers()))
+            self._count()
             await context.abort(error.code, error.message)
         log.error("unhandled error in %s (request %s)", self.method, self.rid, exc_info=error)
         self.code = grpc.StatusCode.INTERNAL
+        self._count()
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {self.rid})")
+
+    def _count(self) -> None:
+        """The request's metrics, once. A failure counts before ``context.abort``: grpc.aio
+        sends the status from inside abort, so a caller that scraped right after its error
+        could find the request not yet counted (a flaky test on a busy machine said so)."""
+        if self.counted or self.metrics is None:
+            return
+        self.counted = True
+        seconds = time.perf_counter() - self.started
+        m, labels = self.metrics, (self.kind, SERVICE, self.method)
+        m.grpc_handled.labels(*labels, self.code.name).inc()
+        m.grpc_seconds.labels(*labels).observe(seconds)
+        if self.task:
+            m.requests.labels(self.task, self.code.name).inc()
+            m.latency.labels(self.task).observe(seconds)
 
     def close(self) -> None:
         seconds = time.perf_counter() - self.started
         request_id.reset(self.token)
         call_fields.reset(self.fields_token)
-        if self.metrics is not None:
-            m, labels = self.metrics, (self.kind, SERVICE, self.method)
-            m.grpc_handled.labels(*labels, self.code.name).inc()
-            m.grpc_seconds.labels(*labels).observe(seconds)
-            if self.task:
-                m.requests.labels(self.task, self.code.name).inc()
-                m.latency.labels(self.task).observe(seconds)
+        self._count()
         self._end_span()
         if not log.isEnabledFor(logging.INFO):
             return
