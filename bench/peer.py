@@ -274,8 +274,7 @@ def step_cost(
     """ms per training step of both toolkits on random batches of one shape (64 sentences):
     what a step costs apart from what each data pipeline puts in its batches. Every system
     once a round, medians of the rounds; ``bf16`` adds hanseq under bf16 autocast (fast only
-    where the CPU has AMX or AVX512-BF16: the trainer's ``mixed_precision: auto`` picks it
-    there)."""
+    where the CPU has AMX: the trainer's ``mixed_precision: auto`` picks it there)."""
     torch.set_num_threads(1)
     bundle = load_bundle(model)
     systems = {}

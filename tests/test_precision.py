@@ -14,7 +14,7 @@ import torch
 
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
-from hanseq.engine.precision import choose, cpu_info, describe_cpu, prepare
+from hanseq.engine.precision import Choice, choose, cpu_info, describe_cpu, prepare
 from hanseq.service.server import create_app
 from hanseq.service.settings import load_settings
 from hanseq.v1 import hanseq_pb2 as pb
@@ -32,10 +32,16 @@ def fake_cpuinfo(tmp_path: Path, flags: str, model: str = "Test CPU") -> str:
     return str(path)
 
 
-def test_auto_picks_bf16_only_where_the_cpu_has_bf16_units(tmp_path):
+def test_auto_picks_bf16_only_where_the_cpu_has_amx(tmp_path):
     amx = fake_cpuinfo(tmp_path, AMX, "Intel Xeon")
     assert choose("auto", "cpu", amx).precision == "bf16"
-    assert choose("auto", "cpu", amx).why == "auto: amx_bf16 and avx512_bf16 present"
+    assert choose("auto", "cpu", amx).why == "auto: amx_bf16 present"
+    # AVX512-BF16 without AMX: bf16 products measured slower than fp32 (bench/README.md)
+    vector_bf16 = fake_cpuinfo(tmp_path, "fpu avx2 avx512f avx512_bf16 avx512_vnni", "Xeon VM")
+    assert choose("auto", "cpu", vector_bf16) == Choice(
+        "fp32", "auto: avx512_bf16 without amx_bf16 (bf16 runs slower than fp32)"
+    )
+    assert choose("bf16", "cpu", vector_bf16).precision == "bf16"
     avx2 = fake_cpuinfo(tmp_path, "fpu avx2 fma", "AMD EPYC")
     assert choose("auto", "cpu", avx2).precision == "fp32"
     assert "bf16 would be emulated" in choose("auto", "cpu", avx2).why

@@ -70,8 +70,8 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16", "int8"),
         default="fp32",
         help="number format of decoding (default fp32, the model card's): bf16 (fast on CPUs "
-        "with AMX or AVX512-BF16), int8 decoder products (CPU), auto (as the server picks: "
-        "bf16 where the CPU has bf16 units, else fp32); bench/README.md has speeds and scores",
+        "with AMX), int8 decoder products (CPU), auto (as the server picks: "
+        "bf16 where the CPU has AMX, else fp32); bench/README.md has speeds and scores",
     )
     g.add_argument(
         "--int8",
@@ -109,7 +109,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mixed-precision",
         choices=get_args(MixedPrecision),
-        help="override training.mixed_precision (auto: bf16 on CPUs with AMX/AVX512-BF16)",
+        help="override training.mixed_precision (auto: bf16 on CPUs with AMX)",
     )
 
     p = sub.add_parser("generate", help="one output line per input line (stdin -> stdout)")

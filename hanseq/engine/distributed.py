@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hanseq.engine.precision import cpu_has_bf16
+from hanseq.engine.precision import cpu_bf16_pays
 
 
 @dataclass
@@ -76,12 +76,13 @@ def broadcast_flag(ctx: Context, flag: bool) -> bool:
 
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """auto: on CUDA bf16 where the GPU has it, else fp16; on a CPU bf16 only where it has
-    bf16 instructions (AMX or AVX512-BF16: there a bf16 matmul runs ~3x fp32), else fp32
-    (on AVX2 alone bf16 is emulated and measured 6x slower). fp16 is CUDA only."""
+    AMX tiles (there a bf16 matmul runs ~3x fp32), else fp32: with AVX512-BF16 alone a bf16
+    step measured slower than fp32, and on AVX2 alone bf16 is emulated, 6x slower
+    (bench/README.md). fp16 is CUDA only."""
     if setting == "off":
         return None
     if device.type != "cuda":
-        wanted = setting == "bf16" or (setting == "auto" and cpu_has_bf16())
+        wanted = setting == "bf16" or (setting == "auto" and cpu_bf16_pays())
         return torch.bfloat16 if wanted else None
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16

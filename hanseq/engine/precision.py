@@ -2,13 +2,15 @@
 
 - ``fp32``: every product in fp32 (the reference).
 - ``bf16`` (CPU or CUDA): weights and products in bfloat16; search still takes the
-  log-softmax, scores and beam sums in fp32. Fast where the CPU has bf16 units (AMX or
-  AVX512-BF16: oneDNN runs a bf16 matmul ~3x fp32 there); elsewhere PyTorch emulates it and it
-  runs, correctly, ~2.5x slower than fp32, so ``auto`` never picks it there.
+  log-softmax, scores and beam sums in fp32. Fast where the CPU has AMX tiles (oneDNN runs a
+  bf16 matmul ~3x fp32 there). With AVX512-BF16 alone oneDNN runs it on vector instructions,
+  measured slower than fp32 (bench/README.md: 0.6x for the products, 0.6-0.8x decoding, on a
+  Xeon whose AMX the machine does not expose); with neither PyTorch emulates it, ~2.5x slower.
+  It runs correctly everywhere, but ``auto`` picks it only with AMX.
 - ``int8`` (CPU): the decoder's products in int8 (engine/quantize.py), the rest fp32.
 - ``fp16`` (CUDA): weights in half precision.
 
-``auto`` on a CPU: bf16 where the CPU lists ``amx_bf16`` or ``avx512_bf16``, fp32 elsewhere
+``auto`` on a CPU: bf16 where the CPU lists ``amx_bf16``, fp32 elsewhere
 (int8 is faster there but its outputs differ from fp32's on some inputs, so it is asked for,
 not assumed; bench/README.md has both). The choice comes with the CPU flags that decided it,
 for logs and benchmarks. Torch-free but for ``prepare``: the server process picks a worker's
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     import torch
 
 CHOICES = ("auto", "fp32", "bf16", "int8")
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # bf16 instructions: oneDNN's bf16 kernels run
+BF16_FAST_FLAG = "amx_bf16"  # ... and beat fp32: only on the tiles (measured, see above)
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
 
@@ -37,8 +40,14 @@ class Choice:
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU lists AMX-BF16 or AVX512-BF16 among its flags (Linux)."""
+    """Whether this CPU lists AMX-BF16 or AVX512-BF16 among its flags (Linux): whether
+    oneDNN's bf16 kernels (the LSTM's among them) exist here at all."""
     return any(flag in cpu_info(cpuinfo)[1] for flag in BF16_CPU_FLAGS)
+
+
+def cpu_bf16_pays(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether bf16 is faster than fp32 on this CPU: where it lists AMX-BF16 (Linux)."""
+    return BF16_FAST_FLAG in cpu_info(cpuinfo)[1]
 
 
 def describe_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -60,9 +69,10 @@ def choose(setting: str, device: str, cpuinfo: str = "/proc/cpuinfo") -> Choice:
     if setting != "auto":
         return Choice(setting, f"{setting}, as asked")
     flags = cpu_info(cpuinfo)[1]
-    present = [f for f in BF16_CPU_FLAGS if f in flags]
-    if present:
-        return Choice("bf16", f"auto: {' and '.join(present)} present")
+    if BF16_FAST_FLAG in flags:
+        return Choice("bf16", f"auto: {BF16_FAST_FLAG} present")
+    if "avx512_bf16" in flags:
+        return Choice("fp32", "auto: avx512_bf16 without amx_bf16 (bf16 runs slower than fp32)")
     return Choice("fp32", "auto: no amx_bf16 or avx512_bf16 (bf16 would be emulated)")
 
 

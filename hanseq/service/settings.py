@@ -42,8 +42,8 @@ class Settings:
     half_precision: bool = _f(True, "fp16 weights on CUDA workers (never on CPU)")
     cpu_precision: str = _f(
         "auto",
-        "auto | fp32 | bf16 | int8: how CPU workers decode; auto = bf16 on CPUs with AMX or "
-        "AVX512-BF16, else fp32 (bench/README.md: speeds and scores)",
+        "auto | fp32 | bf16 | int8: how CPU workers decode; auto = bf16 on CPUs with AMX, "
+        "else fp32 (bench/README.md: speeds and scores)",
     )
     cpu_int8: bool = _f(False, "the older name of cpu_precision=int8")
     shortlist: bool = _f(
