@@ -428,6 +428,15 @@ training: {output_dir: not-here, max_steps: 6, valid_every: 3, valid_max_example
 """
 
 
+def _outcome(run: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun said: the start of its stderr (a rank's first error) and its
+    end (torchrun's summary), and the end of its stdout (the steps the ranks got to)."""
+    err = (
+        run.stderr if len(run.stderr) <= 6000 else f"{run.stderr[:3000]}\n...\n{run.stderr[-3000:]}"
+    )
+    return f"exit {run.returncode}\nstderr:\n{err}\nstdout (end):\n{run.stdout[-2000:]}"
+
+
 class LocalPod:
     """`replica`'s container as its pod would run it, on this machine: each mount a local
     directory, the toy config in place of the shipped one, and the operator's env with its
@@ -484,10 +493,11 @@ class LocalPod:
                 value = port
             env[name] = self.here(value)
         env |= {"HOME": str(self.home), "TMPDIR": self.here("/tmp")}
+        env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts shows where its threads were
         run = subprocess.run(
             argv, capture_output=True, text=True, timeout=300, cwd=self.workdir, env=env
         )
-        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.returncode == 0, _outcome(run)
         # The pods' root filesystem is read-only: nothing may be written but to the mounts.
         assert not list(self.workdir.iterdir()) and not list(self.home.iterdir())
         config = Path(self.here(self.arg("--config")))
