@@ -83,7 +83,9 @@ def beam_search(
         logits, state, attn = head.step(prev, state, memory)
         steps = torch.full((live * k,), step, device=device)
         logp = head.log_probs(logits)
-        logp = constrain(logp, beams.history, steps, opts, memory.shortlist, head.byte_kinds)
+        logp = constrain(
+            logp, beams.history, steps, opts, memory.shortlist, head.byte_kinds, head.agreement
+        )
         vocab = logp.size(-1)
         cand = (beams.scores.unsqueeze(1) + logp).view(live, k * vocab)
         top_scores, top_index = cand.topk(2 * k, dim=1)  # live x 2k

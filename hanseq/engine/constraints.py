@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from hanseq.engine.options import SearchOptions
+from hanseq.engine.particles import Agreement
 from hanseq.engine.shortlist import RowShortlist
 from hanseq.engine.utf8 import NEG_INF, keep_whole
 from hanseq.engine.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -24,9 +25,11 @@ def constrain(
     opts: SearchOptions,
     shortlist: RowShortlist | None = None,
     byte_kinds: Tensor | None = None,
+    agreement: Agreement | None = None,
 ) -> Tensor:
-    """Apply min/max length, n-gram blocking and whole UTF-8 characters (``byte_kinds``:
-    engine/utf8.py, for a vocabulary with byte pieces) to rows x vocab log-probs, in place.
+    """Apply min/max length, n-gram blocking, whole UTF-8 characters (``byte_kinds``:
+    engine/utf8.py, for a vocabulary with byte pieces) and Korean particle forms
+    (``agreement``: engine/particles.py) to rows x vocab log-probs, in place.
 
     ``steps``: tokens each row has produced so far; ``history``: those tokens, right-aligned
     (rows that have fewer are PAD on the left, which no n-gram of real tokens matches).
@@ -36,8 +39,11 @@ def constrain(
         logp[steps < opts.min_length, EOS_ID] = NEG_INF
     if opts.no_repeat_ngram and history.size(1) >= opts.no_repeat_ngram:
         ban_repeats(logp, history, opts.no_repeat_ngram, shortlist)
+    columns = None if shortlist is None else shortlist.columns
     if byte_kinds is not None:
-        keep_whole(logp, history, byte_kinds, None if shortlist is None else shortlist.columns)
+        keep_whole(logp, history, byte_kinds, columns)
+    if agreement is not None:
+        agreement.apply(logp, history, columns)
     last = steps >= opts.max_length - 1  # the last step can only end the sentence
     if bool(last.any()):
         eos = logp[last, EOS_ID]

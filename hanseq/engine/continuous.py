@@ -121,7 +121,13 @@ class RunningBatch:
         logits, self._state, attn = self.head.step(self._prev, self._state, memory)
         logp = self.head.log_probs(logits)
         logp = constrain(
-            logp, self._history, self._steps, self.opts, memory.shortlist, self.head.byte_kinds
+            logp,
+            self._history,
+            self._steps,
+            self.opts,
+            memory.shortlist,
+            self.head.byte_kinds,
+            self.head.agreement,
         )
         if self.opts.sampling:
             column = sample(logits, logp, self.opts, self._generators)

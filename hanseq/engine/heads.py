@@ -10,6 +10,7 @@ from hanseq.engine.columns import ColumnGenerator
 from hanseq.engine.config import ConfigurationError, ModelConfig
 from hanseq.engine.decoders import DecoderState, Memory, RecurrentDecoder, build_decoder
 from hanseq.engine.encoders import Encoder, EncoderOutput, build_encoder
+from hanseq.engine.particles import Agreement
 from hanseq.engine.pointer import CopyGate, CopySources
 from hanseq.engine.quantize import Int8Linear
 from hanseq.engine.shortlist import LexicalTable, RowShortlist
@@ -36,6 +37,7 @@ class TaskHead(nn.Module):
         self.int8: Int8Linear | None = None  # engine.quantize: a frozen int8 copy, if asked
         self.lexicon: LexicalTable | None = None  # engine.shortlist: from the bundle, if any
         self.byte_kinds: Tensor | None = None  # engine.utf8: whole characters, if byte pieces
+        self.agreement: Agreement | None = None  # engine.particles: Korean particle forms
 
     def prepare(self, enc: EncoderOutput, shortlist: bool = False) -> tuple[Memory, DecoderState]:
         """``shortlist``: decode over the columns this head's lexicon allows these sources

@@ -13,6 +13,7 @@ import torch
 from hanseq.engine.bundle import Bundle, Side
 from hanseq.engine.heads import Seq2Seq
 from hanseq.engine.options import BatchKey, Generation, Hypothesis, SearchOptions
+from hanseq.engine.particles import Agreement
 from hanseq.engine.scheduler import Scheduler, Source, flags_at, padded
 from hanseq.engine.utf8 import byte_kinds
 from hanseq.engine.vocabulary import EOS_ID
@@ -42,9 +43,12 @@ class Pipeline:
         self.batch_size = batch_size
         self.warn_truncated = warn_truncated
         device = next(model.parameters()).device
-        for task, side in targets.items():  # every search of the head keeps characters whole
+        for task, side in targets.items():  # every search of the head keeps characters
+            head = model.head(task)  # whole and its Korean particles in agreement
             kinds = byte_kinds(side.vocab.itos)
-            model.head(task).byte_kinds = None if kinds is None else kinds.to(device)
+            head.byte_kinds = None if kinds is None else kinds.to(device)
+            agreement = Agreement.of(side.vocab.itos)
+            head.agreement = None if agreement is None else agreement.to(device)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, batch_size: int = 64) -> Pipeline:
