@@ -31,7 +31,7 @@ Hangul syllable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -60,7 +60,7 @@ def ending(piece: str) -> int:
     return VOWEL if final == 0 else RIEUL if final == _RIEUL_FINAL else CONSONANT
 
 
-@dataclass(frozen=True)
+@dataclass
 class Agreement:
     """A head's particle rules as tensors: each target id's ending, the ruled particle ids,
     the form that takes each one's place, and after which endings it does."""
@@ -69,6 +69,11 @@ class Agreement:
     ids: Tensor  # K: the ruled particle pieces' ids
     partners: Tensor  # K: the id of the form that takes each one's place
     moved: Tensor  # 4 x K bool: moved[e, k] = after a piece ending in e, ids[k] gives way
+    # the last shortlist's columns and the rules' places in them: a batch keeps one columns
+    # tensor (never changed in place) until rows join or leave, over many steps
+    _seen: tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, pieces: Sequence[str]) -> Agreement | None:
@@ -103,9 +108,8 @@ class Agreement:
         ids, partners = self.ids, self.partners
         moved = self.moved[self.endings[history[:, -1]]]  # rows x K
         if columns is not None:
-            ids, partners = _position(columns, ids), _position(columns, partners)
-            both = (ids >= 0) & (partners >= 0)
-            ids, partners, moved = ids[both], partners[both], moved[:, both]
+            ids, partners, both = self._in(columns)
+            moved = moved[:, both]
         if not bool(moved.any()):
             return
         # 로 and 으로 are each other's partners: read both before writing either, and write
@@ -113,6 +117,15 @@ class Agreement:
         best = torch.maximum(logp[:, ids], logp[:, partners])
         logp[:, ids] = logp[:, ids].masked_fill(moved, NEG_INF)
         logp[:, partners] = torch.where(moved, best, logp[:, partners])
+
+    def _in(self, columns: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The columns of the rules whose two forms are both among ``columns``, and which
+        rules those are (a K-long mask)."""
+        if self._seen is None or self._seen[0] is not columns:
+            ids, partners = _position(columns, self.ids), _position(columns, self.partners)
+            both = (ids >= 0) & (partners >= 0)
+            self._seen = (columns, (ids[both], partners[both], both))
+        return self._seen[1]
 
 
 def _position(columns: Tensor, ids: Tensor) -> Tensor:
