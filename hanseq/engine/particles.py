@@ -95,7 +95,10 @@ class Agreement:
 
     def to(self, device: torch.device) -> Agreement:
         return Agreement(
-            *(t.to(device) for t in (self.endings, self.ids, self.partners, self.moved))
+            self.endings.to(device),
+            self.ids.to(device),
+            self.partners.to(device),
+            self.moved.to(device),
         )
 
     def apply(self, logp: Tensor, history: Tensor, columns: Tensor | None = None) -> None:
