@@ -89,7 +89,11 @@ def test_a_head_is_added_from_a_run_that_trained_it(runs, toy_bundle_path, tmp_p
         "--output", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert load_bundle(out).tasks == ["reverse", "copy"]
+    added = load_bundle(out)
+    assert added.tasks == ["reverse", "copy"]
+    # other weights, so another version: a server and its cache tell them apart
+    assert re.fullmatch(r"\d{8}-\d{6}", added.version)
+    assert added.version != load_bundle(toy_bundle_path).version
 
 
 @pytest.mark.parametrize(

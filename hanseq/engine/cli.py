@@ -167,7 +167,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         metavar="TASK=BUNDLE",
         help="take (or add) TASK's head (weights, target side, shortlist, scores) from BUNDLE, "
         "trained from the same bundle with freeze_encoder; refused unless its encoder is "
-        "--model's bit for bit. Repeatable; applied before --decoding and --shortlist.",
+        "--model's bit for bit. Repeatable; applied before --decoding and --shortlist. The "
+        "output gets a version of its own (the export's time).",
     )
 
 
@@ -385,6 +386,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         t: {k: v for k, v in e.items() if k not in ("tokenizer", "files", "shortlist")}
         for t, e in bundle.manifest["tasks"].items()
     }
+    if args.head:  # new weights under the old version would be served (and cached) as the old
+        info["version"] = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        info["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for task, decoding in _decoding_flags(args.decoding, bundle.tasks).items():
         info["tasks"][task].pop("decoding", None)
         if decoding:
