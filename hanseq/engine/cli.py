@@ -358,6 +358,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from hanseq.engine.bundle import load_bundle, save_bundle
+    from hanseq.engine.manifest import new_version
 
     bundle = load_bundle(args.model)
     if args.head:
@@ -387,8 +388,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         for t, e in bundle.manifest["tasks"].items()
     }
     if args.head:  # new weights under the old version would be served (and cached) as the old
-        info["version"] = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        info["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        info |= new_version()
     for task, decoding in _decoding_flags(args.decoding, bundle.tasks).items():
         info["tasks"][task].pop("decoding", None)
         if decoding:

@@ -3,11 +3,22 @@ finds and names bundles with this; loading one (hanseq.engine.bundle) is the wor
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 WEIGHTS = "weights.safetensors"
+
+
+def new_version() -> dict[str, str]:
+    """A new bundle's ``version`` (UTC, sortable: repository.py orders versions by it) and
+    ``created``, from one clock reading."""
+    now = time.gmtime()
+    return {
+        "version": time.strftime("%Y%m%d-%H%M%S", now),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+    }
 
 
 def find_bundles(path: Path) -> list[Path]:

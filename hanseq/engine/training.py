@@ -40,6 +40,7 @@ from hanseq.engine.data import (
 )
 from hanseq.engine.dialogue import MARKS, read_histories, split_marks
 from hanseq.engine.heads import Seq2Seq
+from hanseq.engine.manifest import new_version
 from hanseq.engine.metrics import task_scores
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.pipeline import Pipeline
@@ -511,8 +512,7 @@ class Trainer:
         files = [f for d in self.tasks.values() for f in d.files]
         info: dict[str, Any] = {
             "id": self.cfg.name,
-            "version": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **new_version(),
             "max_source_length": self.cfg.data.max_source_length,
             "max_target_length": self.cfg.data.max_target_length,
             "training": {
