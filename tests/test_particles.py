@@ -15,6 +15,7 @@ from hanseq.engine.constraints import constrain
 from hanseq.engine.options import SearchOptions
 from hanseq.engine.particles import CONSONANT, OTHER, RIEUL, VOWEL, Agreement, ending
 from hanseq.engine.pipeline import Pipeline
+from hanseq.engine.shortlist import RowShortlist
 from hanseq.engine.training import train
 from hanseq.engine.vocabulary import SPECIALS
 from tests.conftest import WORDS, toy_config
@@ -50,18 +51,22 @@ def test_endings_read_the_last_syllable():
     assert Agreement.of([*SPECIALS, "▁apple", "▁to"]) is None  # an English head: no rule
 
 
-def scores_after(last: str, columns: list[str] | None = None) -> torch.Tensor:
-    """One row's log-probs after ``last``: the ruled forms high, each a distinct score."""
+def scores_after(
+    last: str, columns: list[str] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One row's log-probs after ``last`` (each piece a distinct score), before and after the
+    rule; ``columns``: decode over a shortlist of these pieces."""
     agreement = Agreement.of(PIECES)
     assert agreement is not None
-    kept = PIECES if columns is None else columns
-    logp = torch.linspace(-9.0, -1.0, len(kept)).unsqueeze(0)
-    history = torch.tensor([[ID[last]]])
-    ids = None if columns is None else torch.tensor(sorted(ID[c] for c in columns))
-    if ids is not None:  # a shortlist's columns are sorted ids
+    shortlist = None
+    kept = PIECES
+    if columns is not None:  # a shortlist's columns are ascending ids
+        ids = torch.tensor(sorted(ID[c] for c in columns))
+        shortlist = RowShortlist(ids, torch.ones(1, len(ids), dtype=torch.bool))
         kept = [PIECES[i] for i in ids.tolist()]
+    logp = torch.linspace(-9.0, -1.0, len(kept)).unsqueeze(0)
     before = dict(zip(kept, logp[0].tolist(), strict=True))
-    agreement.apply(logp, history, ids)
+    agreement.apply(logp, torch.tensor([[ID[last]]]), shortlist)
     return before, dict(zip(kept, logp[0].tolist(), strict=True))
 
 

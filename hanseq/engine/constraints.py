@@ -39,11 +39,10 @@ def constrain(
         logp[steps < opts.min_length, EOS_ID] = NEG_INF
     if opts.no_repeat_ngram and history.size(1) >= opts.no_repeat_ngram:
         ban_repeats(logp, history, opts.no_repeat_ngram, shortlist)
-    columns = None if shortlist is None else shortlist.columns
     if byte_kinds is not None:
-        keep_whole(logp, history, byte_kinds, columns)
+        keep_whole(logp, history, byte_kinds, None if shortlist is None else shortlist.columns)
     if agreement is not None:
-        agreement.apply(logp, history, columns)
+        agreement.apply(logp, history, shortlist)
     last = steps >= opts.max_length - 1  # the last step can only end the sentence
     if bool(last.any()):
         eos = logp[last, EOS_ID]

@@ -31,14 +31,15 @@ Hangul syllable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from hanseq.engine.korean import WORD_START
+from hanseq.engine.shortlist import RowShortlist
+from hanseq.engine.utf8 import NEG_INF
 
-NEG_INF = float("-inf")
 OTHER, VOWEL, RIEUL, CONSONANT = 0, 1, 2, 3  # how a piece ends; OTHER: not a Hangul syllable
 _RIEUL_FINAL = 8  # ㄹ's index among the 28 finals of a precomposed syllable (0: none)
 
@@ -60,7 +61,7 @@ def ending(piece: str) -> int:
     return VOWEL if final == 0 else RIEUL if final == _RIEUL_FINAL else CONSONANT
 
 
-@dataclass
+@dataclass(frozen=True)
 class Agreement:
     """A head's particle rules as tensors: each target id's ending, the ruled particle ids,
     the form that takes each one's place, and after which endings it does."""
@@ -69,11 +70,6 @@ class Agreement:
     ids: Tensor  # K: the ruled particle pieces' ids
     partners: Tensor  # K: the id of the form that takes each one's place
     moved: Tensor  # 4 x K bool: moved[e, k] = after a piece ending in e, ids[k] gives way
-    # the last shortlist's columns and the rules' places in them: a batch keeps one columns
-    # tensor (never changed in place) until rows join or leave, over many steps
-    _seen: tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | None = field(
-        default=None, repr=False, compare=False
-    )
 
     @classmethod
     def of(cls, pieces: Sequence[str]) -> Agreement | None:
@@ -95,24 +91,23 @@ class Agreement:
 
     def to(self, device: torch.device) -> Agreement:
         return Agreement(
-            self.endings.to(device),
-            self.ids.to(device),
-            self.partners.to(device),
-            self.moved.to(device),
+            *(t.to(device) for t in (self.endings, self.ids, self.partners, self.moved))
         )
 
-    def apply(self, logp: Tensor, history: Tensor, columns: Tensor | None = None) -> None:
+    def apply(self, logp: Tensor, history: Tensor, shortlist: RowShortlist | None = None) -> None:
         """Rows x columns log-probs, in place: where a row's last token (``history``: rows x
         t ids) calls for the other form of a particle, that form gets the higher score of the
-        two and the wrong one none. ``columns``: the ids of logp's columns (a shortlist),
-        or None for the whole vocabulary; a form outside them cannot be moved to or from."""
+        two and the wrong one none. With a ``shortlist`` the columns are its columns; a rule
+        applies only where both its forms are among them."""
         if history.size(1) == 0:
             return
         ids, partners = self.ids, self.partners
         moved = self.moved[self.endings[history[:, -1]]]  # rows x K
-        if columns is not None:
-            ids, partners, both = self._in(columns)
-            moved = moved[:, both]
+        if shortlist is not None:
+            ids, partners = shortlist.positions(ids), shortlist.positions(partners)
+            columns = shortlist.columns
+            both = (columns[ids] == self.ids) & (columns[partners] == self.partners)
+            ids, partners, moved = ids[both], partners[both], moved[:, both]
         if not bool(moved.any()):
             return
         # 로 and 으로 are each other's partners: read both before writing either, and write
@@ -120,18 +115,3 @@ class Agreement:
         best = torch.maximum(logp[:, ids], logp[:, partners])
         logp[:, ids] = logp[:, ids].masked_fill(moved, NEG_INF)
         logp[:, partners] = torch.where(moved, best, logp[:, partners])
-
-    def _in(self, columns: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The columns of the rules whose two forms are both among ``columns``, and which
-        rules those are (a K-long mask)."""
-        if self._seen is None or self._seen[0] is not columns:
-            ids, partners = _position(columns, self.ids), _position(columns, self.partners)
-            both = (ids >= 0) & (partners >= 0)
-            self._seen = (columns, (ids[both], partners[both], both))
-        return self._seen[1]
-
-
-def _position(columns: Tensor, ids: Tensor) -> Tensor:
-    """Each id's column in the sorted ``columns``, or -1 where it is not among them."""
-    where = torch.searchsorted(columns, ids).clamp(max=columns.numel() - 1)
-    return torch.where(columns[where] == ids, where, -1)
